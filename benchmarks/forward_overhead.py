@@ -1,0 +1,73 @@
+"""Thresholded vs dense forward time, measured side by side in one run, plus embedded-model load time.
+
+    python benchmarks/forward_overhead.py [--batch 8] [--ctx-len 128] [--repeats 15]
+
+Dense = the bare Hugging Face model with no hooks. Thresholded = the same model object with every
+site thresholded (target sparsity 0.5) and zero counting on. Runs alternate so that machine noise hits
+both equally; the ratio of medians is printed per model.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import time
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import torch  # noqa: E402
+
+if os.environ.get("BENCH_THREADS"):
+    torch.set_num_threads(int(os.environ["BENCH_THREADS"]))
+
+from thresh_opt.calibration import activation_stats  # noqa: E402
+from thresh_opt.models import ThresholdedModel, load_model  # noqa: E402
+from thresh_opt.objectives.text import token_chunks  # noqa: E402
+
+
+def _time(fn) -> float:  # noqa: ANN001
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+@torch.no_grad()
+def bench(name: str, batch: int, ctx_len: int, repeats: int) -> dict[str, float]:
+    """Median seconds of a dense and a thresholded forward pass, alternating."""
+    load_s = _time(lambda: load_model(name))
+    loaded = load_model(name)
+    tm = loaded.thresholded
+    ids = token_chunks(loaded.tokenizer, loaded.heldout_text, ctx_len)[:batch]
+    thresholds = activation_stats(tm, ids).at(0.5)
+    tm.remove()
+    dense, sparse = [], []
+    for _ in range(repeats + 2):
+        dense.append(_time(lambda: loaded.model(input_ids=ids)))
+        tm = ThresholdedModel(loaded.model, tm.spec)
+        tm.set_thresholds(thresholds)
+        with tm.counting():
+            sparse.append(_time(lambda: loaded.model(input_ids=ids)))
+        mac_weighted = tm.sparsity().mac_weighted
+        tm.remove()
+    d, s = statistics.median(dense[2:]), statistics.median(sparse[2:])
+    return {"load_s": load_s, "dense_s": d, "thresholded_s": s, "ratio": s / d, "sparsity": mac_weighted}
+
+
+def main() -> None:
+    """Print one line per embedded model."""
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--batch", type=int, default=8)
+    p.add_argument("--ctx-len", type=int, default=128)
+    p.add_argument("--repeats", type=int, default=15)
+    args = p.parse_args()
+    print(f"torch threads: {torch.get_num_threads()}, batch {args.batch} x {args.ctx_len} tokens")
+    print(f"{'model':22} {'load s':>7} {'dense ms':>9} {'thresh ms':>10} {'ratio':>6} {'sparsity':>9}")
+    for name in ("embedded:rwkv4-tiny", "embedded:opt-tiny"):
+        r = bench(name, args.batch, args.ctx_len, args.repeats)
+        print(f"{name:22} {r['load_s']:7.2f} {r['dense_s'] * 1e3:9.1f} {r['thresholded_s'] * 1e3:10.1f} "
+              f"{r['ratio']:6.3f} {r['sparsity']:9.1%}")
+
+
+if __name__ == "__main__":
+    main()

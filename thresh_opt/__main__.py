@@ -1,0 +1,5 @@
+import sys
+
+from thresh_opt.cli import main
+
+sys.exit(main())

@@ -1,0 +1,220 @@
+"""Train the embedded models: a byte-level BPE tokenizer and a small RWKV-4 or OPT, seeded and resumable."""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+from transformers import OPTConfig, OPTForCausalLM, PreTrainedTokenizerFast, RwkvConfig, RwkvForCausalLM
+
+from thresh_opt.errors import UserError
+from thresh_opt.objectives.text import mean_loss, next_word_accuracy, next_word_examples, perplexity, token_chunks
+from thresh_opt.training.corpus import load_corpus
+
+EOS = "<|endoftext|>"
+PAD = "<|pad|>"
+
+
+@dataclass
+class TrainConfig:
+    """Everything that determines a training run (same config + seed -> same model)."""
+
+    arch: str = "rwkv4"  # rwkv4 | opt
+    layers: int = 6
+    hidden: int = 256
+    heads: int = 4  # opt only
+    vocab_size: int = 4096
+    ctx_len: int = 128
+    batch_size: int = 16
+    lr: float = 2e-3
+    min_lr: float = 1e-4
+    warmup_steps: int = 200
+    max_steps: int = 4000
+    eval_every: int = 250
+    weight_decay: float = 0.01
+    seed: int = 0
+    threads: int = 0  # 0: torch default
+    sources: list[str] = field(default_factory=lambda: ["kjv"])
+
+
+def train_tokenizer(texts: list[str], vocab_size: int) -> PreTrainedTokenizerFast:
+    """Byte-level BPE (GPT-2 style), so that any text round-trips."""
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=[EOS, PAD],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tok.train_from_iterator(texts, trainer=trainer)
+    return PreTrainedTokenizerFast(tokenizer_object=tok, eos_token=EOS, bos_token=EOS, unk_token=EOS, pad_token=PAD)
+
+
+def build_model(cfg: TrainConfig, tokenizer: PreTrainedTokenizerFast) -> torch.nn.Module:
+    """A freshly initialised model of the configured architecture."""
+    common = dict(vocab_size=len(tokenizer), bos_token_id=tokenizer.eos_token_id, eos_token_id=tokenizer.eos_token_id)
+    if cfg.arch == "rwkv4":
+        if cfg.layers < 2:
+            raise UserError("--layers: RWKV-4 needs at least 2 blocks (its initialisation interpolates over depth)")
+        config = RwkvConfig(
+            hidden_size=cfg.hidden,
+            attention_hidden_size=cfg.hidden,
+            intermediate_size=4 * cfg.hidden,
+            num_hidden_layers=cfg.layers,
+            context_length=1024,
+            rescale_every=0,  # no in-place weight rescaling at inference: thresholds see stable tensors
+            tie_word_embeddings=False,
+            **common,
+        )
+        return RwkvForCausalLM(config)
+    if cfg.arch == "opt":
+        config = OPTConfig(
+            hidden_size=cfg.hidden,
+            word_embed_proj_dim=cfg.hidden,
+            ffn_dim=4 * cfg.hidden,
+            num_hidden_layers=cfg.layers,
+            num_attention_heads=cfg.heads,
+            max_position_embeddings=1024,
+            dropout=0.0,
+            attention_dropout=0.0,
+            pad_token_id=tokenizer.pad_token_id,
+            **common,
+        )
+        return OPTForCausalLM(config)
+    raise UserError(f"arch {cfg.arch!r} is not trainable here: use 'rwkv4' or 'opt'")
+
+
+def _lr_at(cfg: TrainConfig, step: int) -> float:
+    if step < cfg.warmup_steps:
+        return cfg.lr * (step + 1) / cfg.warmup_steps
+    progress = min(1.0, (step - cfg.warmup_steps) / max(1, cfg.max_steps - cfg.warmup_steps))
+    return cfg.min_lr + 0.5 * (cfg.lr - cfg.min_lr) * (1 + math.cos(math.pi * progress))
+
+
+def _seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def train(
+    cfg: TrainConfig,
+    out_dir: Path,
+    time_limit_s: float | None = None,
+    log: Callable[[str], None] = print,
+) -> dict:
+    """Train (resuming from out_dir/checkpoint if present) and export an fp16 model to out_dir/model."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    _seed_everything(cfg.seed)
+    corpus = load_corpus(cfg.sources)
+    train_text = "\n".join(s.train for s in corpus)
+    heldout_text = "\n".join(s.heldout for s in corpus)
+    (out_dir / "heldout.txt").write_text(heldout_text + "\n", encoding="utf-8")
+
+    tok_dir = out_dir / "tokenizer"
+    if (tok_dir / "tokenizer.json").exists():
+        tokenizer = PreTrainedTokenizerFast.from_pretrained(tok_dir)
+    else:
+        tokenizer = train_tokenizer([s.train for s in corpus], cfg.vocab_size)
+        tokenizer.save_pretrained(tok_dir)
+    stream = torch.tensor(tokenizer(train_text, return_attention_mask=False)["input_ids"], dtype=torch.long)
+    heldout_chunks = token_chunks(tokenizer, heldout_text, cfg.ctx_len)
+    log(f"train tokens {len(stream):,}  held-out chunks {len(heldout_chunks)} x {cfg.ctx_len}")
+
+    model = build_model(cfg, tokenizer)
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=(0.9, 0.99), weight_decay=cfg.weight_decay)
+    gen = torch.Generator().manual_seed(cfg.seed)
+    state = {"step": 0, "seconds": 0.0, "tokens": 0, "history": []}
+    ckpt = out_dir / "checkpoint"
+    if (ckpt / "state.json").exists():
+        model.load_state_dict(torch.load(ckpt / "model.pt", weights_only=True))
+        opt.load_state_dict(torch.load(ckpt / "optimizer.pt", weights_only=True))
+        gen.set_state(torch.load(ckpt / "generator.pt", weights_only=True))
+        state = json.loads((ckpt / "state.json").read_text())
+        log(f"resumed at step {state['step']}")
+
+    def evaluate() -> float:
+        model.eval()
+        loss = mean_loss(model, heldout_chunks[:64], batch_size=16)
+        model.train()
+        return loss
+
+    def save_checkpoint() -> None:
+        ckpt.mkdir(exist_ok=True)
+        torch.save(model.state_dict(), ckpt / "model.pt")  # tied weights: not safetensors
+        torch.save(opt.state_dict(), ckpt / "optimizer.pt")
+        torch.save(gen.get_state(), ckpt / "generator.pt")
+        (ckpt / "state.json").write_text(json.dumps(state, indent=1))
+
+    model.train()
+    started = time.perf_counter() - state["seconds"]
+    run_start = time.perf_counter()
+    while state["step"] < cfg.max_steps:
+        starts = torch.randint(0, len(stream) - cfg.ctx_len - 1, (cfg.batch_size,), generator=gen)
+        batch = torch.stack([stream[s : s + cfg.ctx_len + 1] for s in starts.tolist()])
+        for group in opt.param_groups:
+            group["lr"] = _lr_at(cfg, state["step"])
+        loss = model(input_ids=batch, labels=batch).loss  # the model shifts labels itself
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        state["step"] += 1
+        state["tokens"] += batch[:, 1:].numel()
+        state["seconds"] = time.perf_counter() - started
+        done = state["step"] >= cfg.max_steps
+        out_of_time = time_limit_s is not None and time.perf_counter() - run_start > time_limit_s
+        if state["step"] % cfg.eval_every == 0 or done or out_of_time:
+            val = evaluate()
+            state["history"].append({"step": state["step"], "train_loss": loss.item(), "heldout_loss": val})
+            rate = state["tokens"] / state["seconds"]
+            log(f"step {state['step']}/{cfg.max_steps} train {loss.item():.3f} held-out {val:.3f} ({rate:,.0f} tok/s)")
+            save_checkpoint()
+        if out_of_time:
+            log("time limit reached: exporting the model as it is")
+            break
+    return export(cfg, model, tokenizer, heldout_text, heldout_chunks, state, out_dir / "model")
+
+
+def export(
+    cfg: TrainConfig,
+    model: torch.nn.Module,
+    tokenizer: PreTrainedTokenizerFast,
+    heldout_text: str,
+    heldout_chunks: torch.Tensor,
+    state: dict,
+    out: Path,
+) -> dict:
+    """Save fp16 weights, tokenizer, config, held-out text and a model card with measured metrics."""
+    model.eval()
+    loss = mean_loss(model, heldout_chunks, batch_size=16)
+    acc = next_word_accuracy(model, tokenizer, next_word_examples(heldout_text, limit=500))
+    metrics = {
+        "parameters": sum(p.numel() for p in model.parameters()),
+        "tokens_seen": state["tokens"],
+        "steps": state["step"],
+        "training_seconds": round(state["seconds"], 1),
+        "heldout_loss": round(loss, 4),
+        "heldout_perplexity": round(perplexity(loss), 2),
+        "heldout_next_word_accuracy": round(acc, 4),
+        "heldout_tokens": heldout_chunks.numel(),
+    }
+    out.mkdir(parents=True, exist_ok=True)
+    model.half().save_pretrained(out)
+    model.float()
+    tokenizer.save_pretrained(out)
+    (out / "heldout.txt").write_text(heldout_text + "\n", encoding="utf-8")
+    (out / "training.json").write_text(json.dumps({"config": asdict(cfg), "metrics": metrics}, indent=1))
+    return metrics
