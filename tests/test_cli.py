@@ -41,6 +41,7 @@ def test_model_sparsity_uniform_json(capsys):
     assert code == 0
     result = json.loads(out)
     assert 0.45 < result["mac_weighted"] < 0.75
+    assert result["loss_ratio"] > 1.0 and result["dense_heldout_loss"] < result["heldout_loss"]
     assert set(result["per_kind"]) == {"att.key", "att.receptance", "att.value", "att.output",
                                        "ffn.receptance", "ffn.key", "ffn.value"}
     assert result["tokens"] == 4 * 128

@@ -8,6 +8,7 @@ import sys
 
 from rich.markup import escape
 
+from thresh_opt.cli import calibrate as calibrate_cmd
 from thresh_opt.cli import model as model_cmd
 from thresh_opt.cli._common import console
 from thresh_opt.errors import UserError
@@ -22,6 +23,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--debug", action="store_true", help="show tracebacks on errors")
     groups = parser.add_subparsers(dest="group", metavar="COMMAND", required=True)
     model_cmd.register(groups)
+    calibrate_cmd.register(groups)
     return parser
 
 

@@ -82,7 +82,7 @@ def cmd_info(args: argparse.Namespace) -> int:
     return 0
 
 
-def _sparsity_table(title: str, report: Any, loss: float) -> Table:
+def _sparsity_table(title: str, report: Any, loss: float, dense_loss: float) -> Table:
     table = Table(title=title)
     table.add_column("module")
     table.add_column("sparsity", justify="right")
@@ -95,6 +95,8 @@ def _sparsity_table(title: str, report: Any, loss: float) -> Table:
     table.add_row("[bold]MAC-weighted[/bold]", f"[bold]{report.mac_weighted:.1%}[/bold]")
     table.add_row("unweighted mean", f"{report.unweighted:.1%}")
     table.add_row("held-out loss (nats)", f"{loss:.4f}")
+    table.add_row("dense held-out loss", f"{dense_loss:.4f}")
+    table.add_row("loss ratio", f"{loss / dense_loss:.4f}")
     return table
 
 
@@ -116,6 +118,8 @@ def cmd_sparsity(args: argparse.Namespace) -> int:
     chunks = token_chunks(loaded.tokenizer, text, args.ctx_len)[: args.chunks]
     tm = loaded.thresholded
     started = time.perf_counter()
+    with console.status("dense reference pass"):
+        dense_loss = mean_loss(loaded.model, chunks)
     if thresholds is not None:
         try:
             tm.set_thresholds(thresholds)
@@ -132,6 +136,8 @@ def cmd_sparsity(args: argparse.Namespace) -> int:
         "model": loaded.source,
         "tokens": report.tokens,
         "heldout_loss": loss,
+        "dense_heldout_loss": dense_loss,
+        "loss_ratio": loss / dense_loss,
         "seconds": time.perf_counter() - started,
         **report.to_dict(),
         "thresholds": tm.thresholds,
@@ -139,7 +145,7 @@ def cmd_sparsity(args: argparse.Namespace) -> int:
     if args.json:
         emit_json(result)
     else:
-        console.print(_sparsity_table(f"{loaded.source}: sparsity over {report.tokens:,} tokens", report, loss))
+        console.print(_sparsity_table(f"{loaded.source}: sparsity over {report.tokens:,} tokens", report, loss, dense_loss))
     return 0
 
 

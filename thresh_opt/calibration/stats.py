@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Callable
 
 import numpy as np
 import torch
 
-from thresh_opt.models.thresholded import ThresholdedModel
+from thresh_opt.calibration.data import CalibrationSpec, cache_dir, calibration_chunks, chunks_key
+
+if TYPE_CHECKING:
+    from thresh_opt.models import LoadedModel, ThresholdedModel
 
 
 @dataclass(frozen=True)
@@ -34,6 +41,7 @@ def activation_stats(
     chunks: torch.Tensor,
     levels: list[float] = DEFAULT_LEVELS,
     batch_size: int = 8,
+    on_batch: Callable[[int, int], None] | None = None,
 ) -> ActivationStats:
     """All modules' statistics in one pass under the model's current thresholds.
 
@@ -53,7 +61,43 @@ def activation_stats(
         counts[i] += per_token.shape[1]
 
     with tm.observe(observe):
-        for batch in chunks.split(batch_size):
+        batches = chunks.split(batch_size)
+        for done, batch in enumerate(batches, 1):
             tm(input_ids=batch.to(device))
+            if on_batch is not None:
+                on_batch(done, len(batches))
     thresholds = {n: (s / max(c, 1)).tolist() for n, s, c in zip(tm.names, sums, counts)}
     return ActivationStats(list(levels), thresholds)
+
+
+def model_fingerprint(model: torch.nn.Module) -> str:
+    """A cheap digest of a model: its config and a sample of every weight tensor."""
+    h = hashlib.sha256(getattr(getattr(model, "config", None), "to_json_string", lambda: "")().encode())
+    for name, p in model.state_dict().items():
+        h.update(name.encode())
+        h.update(p.detach().flatten()[:64].float().cpu().numpy().tobytes())
+    return h.hexdigest()
+
+
+def cached_activation_stats(
+    loaded: LoadedModel,
+    spec: CalibrationSpec | None = None,
+    levels: list[float] = DEFAULT_LEVELS,
+    cache: Path | None = None,
+    on_batch: Callable[[int, int], None] | None = None,
+) -> ActivationStats:
+    """activation_stats of the calibration set under the current thresholds, cached on disk (JSON)."""
+    spec = spec or CalibrationSpec()
+    tm = loaded.thresholded
+    parts = [model_fingerprint(loaded.model), chunks_key(spec, loaded), json.dumps(levels), json.dumps(tm.thresholds)]
+    key = hashlib.sha256("\n".join(parts).encode()).hexdigest()[:24]
+    path = (cache or cache_dir()) / "stats" / f"{key}.json"
+    if path.is_file():
+        data = json.loads(path.read_text())
+        return ActivationStats(data["levels"], data["thresholds"])
+    stats = activation_stats(tm, calibration_chunks(loaded, spec, cache), levels, on_batch=on_batch)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps({"levels": stats.levels, "thresholds": stats.thresholds}))
+    tmp.replace(path)
+    return stats
