@@ -26,7 +26,7 @@ class CalibrationSpec(BaseModel):
     """Which text, cut how: `count` chunks of `ctx_len` tokens picked with `seed`.
 
     Args:
-        source: 'heldout' (an embedded model's held-out text), a .txt file, a .jsonl file, or 'hf:DATASET_ID'.
+        source: 'heldout' (first half of an embedded model's held-out text), a .txt file, a .jsonl file, or 'hf:DATASET_ID'.
         ctx_len: tokens per chunk (the paper used 1,024).
         count: chunks to keep; fewer are used when the text is shorter.
         seed: which chunks are kept.
@@ -56,7 +56,7 @@ def cache_dir() -> Path:
 def _documents(spec: CalibrationSpec, loaded: LoadedModel) -> list[str]:
     src = spec.source
     if src == HELDOUT:
-        return [loaded.heldout_text]
+        return [loaded.heldout_part("calibration")]
     if src.startswith(HF_PREFIX):
         return _hub_documents(spec)
     path = Path(src)
@@ -95,7 +95,7 @@ def _hub_documents(spec: CalibrationSpec) -> list[str]:
 
 def _source_fingerprint(spec: CalibrationSpec, loaded: LoadedModel) -> str:
     if spec.source == HELDOUT:
-        return hashlib.sha256(loaded.heldout_text.encode()).hexdigest()
+        return hashlib.sha256(loaded.heldout_part("calibration").encode()).hexdigest()
     path = Path(spec.source)
     if path.is_file():
         st = path.stat()

@@ -9,6 +9,8 @@ import sys
 from rich.markup import escape
 
 from thresh_opt.cli import calibrate as calibrate_cmd
+from thresh_opt.cli import evaluate as evaluate_cmd
+from thresh_opt.cli import hardware as hardware_cmd
 from thresh_opt.cli import model as model_cmd
 from thresh_opt.cli._common import console
 from thresh_opt.errors import UserError
@@ -23,7 +25,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--debug", action="store_true", help="show tracebacks on errors")
     groups = parser.add_subparsers(dest="group", metavar="COMMAND", required=True)
     model_cmd.register(groups)
+    hardware_cmd.register(groups)
     calibrate_cmd.register(groups)
+    evaluate_cmd.register(groups)
     return parser
 
 

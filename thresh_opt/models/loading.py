@@ -32,6 +32,14 @@ class LoadedModel:
         """The held-out text that training never saw (embedded models only)."""
         return heldout_text(self.source)
 
+    def heldout_part(self, part: str) -> str:
+        """'calibration' (first half of the held-out lines) or 'evaluation' (second half): never mixed."""
+        lines = self.heldout_text.splitlines()
+        half = len(lines) // 2
+        if part not in ("calibration", "evaluation"):
+            raise ValueError(f"part {part!r}: use 'calibration' or 'evaluation'")
+        return "\n".join(lines[:half] if part == "calibration" else lines[half:])
+
 
 def embedded_models() -> list[str]:
     """Names of the shipped models, as 'embedded:NAME'."""
