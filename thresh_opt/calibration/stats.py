@@ -28,8 +28,11 @@ class ActivationStats:
         """Thresholds for one target sparsity, interpolated linearly between the measured levels."""
         if not 0.0 <= sparsity <= self.levels[-1]:
             raise ValueError(f"target sparsity {sparsity} outside [0, {self.levels[-1]}]")
-        grid = [0.0, *self.levels]
-        return {name: float(np.interp(sparsity, grid, [0.0, *ts])) for name, ts in self.thresholds.items()}
+        return {name: self.threshold(name, sparsity) for name in self.thresholds}
+
+    def threshold(self, module: str, sparsity: float) -> float:
+        """One module's threshold for a target sparsity (0 below the first level's threshold at 0)."""
+        return float(np.interp(sparsity, [0.0, *self.levels], [0.0, *self.thresholds[module]]))
 
 
 DEFAULT_LEVELS = [round(0.01 * i, 2) for i in range(1, 100)]

@@ -12,6 +12,7 @@ from thresh_opt.cli import calibrate as calibrate_cmd
 from thresh_opt.cli import evaluate as evaluate_cmd
 from thresh_opt.cli import hardware as hardware_cmd
 from thresh_opt.cli import model as model_cmd
+from thresh_opt.cli import study as study_cmd
 from thresh_opt.cli._common import console
 from thresh_opt.errors import UserError
 
@@ -28,13 +29,28 @@ def build_parser() -> argparse.ArgumentParser:
     hardware_cmd.register(groups)
     calibrate_cmd.register(groups)
     evaluate_cmd.register(groups)
+    study_cmd.register(groups)
     return parser
+
+
+def _quiet_libraries() -> None:
+    """Our rich output replaces the libraries' own progress bars and info logs."""
+    import logging
+
+    for name in ("mlflow", "optuna", "lm_eval", "datasets", "ray"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    os.environ.setdefault("TQDM_DISABLE", "1")
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
 
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point: exit 0 on success, 1 on a failed run, 2 on bad usage or input."""
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     args = build_parser().parse_args(argv)
+    _quiet_libraries()
     try:
         return int(args.func(args) or 0)
     except UserError as exc:

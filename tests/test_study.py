@@ -1,0 +1,121 @@
+"""The study engine with real Optuna, MLflow and the embedded model: runs, resumes, constraints, errors."""
+
+from __future__ import annotations
+
+import json
+
+import optuna
+import pytest
+import yaml
+from mlflow.tracking import MlflowClient
+from optuna.trial import TrialState
+
+from thresh_opt.cli import main
+
+FAST = {"model": {"source": "embedded:rwkv4-tiny"}, "calibration": {"ctx_len": 32, "count": 2},
+        "search_space": {"grouping": "kind", "levels": "linear"},
+        "objectives": [{"name": "loss_ratio"}, {"name": "energy_gain"}],
+        "constraints": [{"objective": "loss_ratio", "max": 1.05}],
+        "baselines": {"dense": True, "uniform": [0.5]}}
+
+
+def write_study(tmp_path, name="s", **overrides):
+    cfg = {**FAST, "name": name, "run_dir": str(tmp_path / name), **overrides}
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+def load(tmp_path, name="s"):
+    from optuna.storages import JournalStorage
+    from optuna.storages.journal import JournalFileBackend
+
+    storage = JournalStorage(JournalFileBackend(str(tmp_path / name / "optuna.journal")))
+    return optuna.load_study(study_name=name, storage=storage)
+
+
+@pytest.mark.parametrize("sampler", ["tpe", "nsga2"])
+def test_a_study_runs_with_constraints_and_is_tracked(tmp_path, capsys, sampler):
+    path = write_study(tmp_path, sampler=sampler and {"name": sampler}, trials=8)
+    assert main(["study", "run", str(path), "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    study = load(tmp_path)
+    done = study.get_trials(states=(TrialState.COMPLETE,))
+    assert len(study.trials) == 8 and len(done) == 8
+    assert done[0].params == {k: 0.0 for k in done[0].params}  # the enqueued dense baseline comes first
+    assert all(any(k.startswith("constraints:") for k in t.system_attrs) for t in done)
+    assert out["front"] and all(r["loss_ratio"] <= 1.05 for r in out["front"])
+    client = MlflowClient(f"sqlite:///{tmp_path / 's' / 'mlflow.db'}")
+    exp = client.get_experiment_by_name("s")
+    runs = client.search_runs([exp.experiment_id], max_results=100)
+    parent = [r for r in runs if r.data.tags.get("thresh_opt_role") == "study"]
+    nested = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent[0].info.run_id]
+    assert len(parent) == 1 and len(nested) == 8
+    assert "loss_ratio" in nested[0].data.metrics and "sparsity.blocks.0.att.key" in nested[0].data.metrics
+    artifacts = {a.path for a in client.list_artifacts(parent[0].info.run_id, "study")}
+    assert {"study/pareto_front.json", "study/pareto_front.html", "study/hypervolume.png",
+            "study/sparsity_heatmap.png"} <= artifacts
+    assert parent[0].data.params["sampler"] == sampler and "version.optuna" in parent[0].data.params
+
+
+def test_rerunning_resumes_without_repeating(tmp_path, capsys):
+    path = write_study(tmp_path, sampler={"name": "random"}, trials=4)
+    assert main(["study", "run", str(path)]) == 0
+    first = {t.number: t.params for t in load(tmp_path).trials}
+    assert main(["study", "run", str(path), "--trials", "7"]) == 0
+    study = load(tmp_path)
+    assert len(study.trials) == 7
+    assert {t.number: t.params for t in study.trials[:4]} == first
+    assert sum(1 for t in study.trials if t.params and all(v == 0.0 for v in t.params.values())) == 1  # dense once
+    client = MlflowClient(f"sqlite:///{tmp_path / 's' / 'mlflow.db'}")
+    runs = client.search_runs([client.get_experiment_by_name("s").experiment_id], max_results=100)
+    assert sum(1 for r in runs if "trial_number" in r.data.tags) == 7
+    capsys.readouterr()
+    assert main(["study", "show", str(tmp_path / "s"), "--json"]) == 0
+    shown = json.loads(capsys.readouterr().out)
+    assert shown["trials"] == 7 and shown["hypervolume"] >= 0
+
+
+def test_export_writes_thresholds_and_report(tmp_path, capsys):
+    path = write_study(tmp_path, sampler={"name": "random"}, trials=2)
+    assert main(["study", "run", str(path)]) == 0
+    assert main(["study", "export", str(tmp_path / "s"), "--trial", "1", "--out", str(tmp_path / "x")]) == 0
+    thresholds = json.loads((tmp_path / "x" / "thresholds.json").read_text())
+    assert len(thresholds) == 14 and all(v > 0 for v in thresholds.values())  # trial 1: the uniform 0.5 baseline
+    assert (tmp_path / "x" / "thresholds.safetensors").is_file()
+    assert "energy_gain" in json.loads((tmp_path / "x" / "report.json").read_text())["objectives"]
+    assert main(["study", "export", str(tmp_path / "s"), "--trial", "9"]) == 2
+    assert "no such trial" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("content", "match"),
+    [
+        ({"trials": 0}, "trials: Input should be greater than or equal to 1"),
+        ({"sampler": {"name": "cmaes"}}, "sampler.name: Input should be 'greedy'"),
+        ({"objectives": [{"name": "speed"}]}, "objectives.0.name: unknown objective 'speed'"),
+        ({"constraints": [{"objective": "loss_ratio"}]}, "constraints.0: Value error, give exactly one of max"),
+        ({"search_space": {"grouping": "layer"}}, "search_space.grouping: Input should be"),
+        ({"modle": {}}, "modle: unknown field; allowed: name, model, calibration"),
+        ({"sampler": {"name": "tpe", "options": {"n_startup": 3}}}, "sampler.options.n_startup: not an option of TPESampler"),
+        ({"search_space": "missing.yaml"}, "missing.yaml: (file): no such file"),
+    ],
+)
+def test_malformed_study_files_exit_2_naming_file_and_field(tmp_path, capsys, content, match):
+    path = write_study(tmp_path, **content)
+    code = main(["study", "run", str(path)])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert match in err and "Traceback" not in err
+    if "missing.yaml" not in match:
+        assert str(path) in err
+    assert len(err.strip().splitlines()) == 1
+
+
+def test_malformed_space_file(tmp_path, capsys):
+    space = tmp_path / "space.yaml"
+    space.write_text("grouping: kind\nlevels: [0.1, 1.5]\n")
+    path = write_study(tmp_path, search_space="space.yaml")
+    assert main(["study", "run", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert f"{space}: levels" in err and "between 0 and 0.99" in err

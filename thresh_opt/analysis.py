@@ -1,0 +1,124 @@
+"""Study analysis: Pareto front, hypervolume history and plots, from stored Optuna trials."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import optuna
+from optuna.trial import FrozenTrial, TrialState
+
+
+def _signs(directions: list[str]) -> np.ndarray:
+    return np.array([1.0 if d == "minimize" else -1.0 for d in directions])
+
+
+def feasible(trial: FrozenTrial) -> bool:
+    """No constraint violated (constraint values <= 0)."""
+    from optuna.study._constrained_optimization import _get_constraints_from_system_attrs
+
+    values = _get_constraints_from_system_attrs(trial.system_attrs)
+    return all(v <= 0 for v in values.values())
+
+
+def pareto_front(study: optuna.Study) -> list[FrozenTrial]:
+    """Feasible non-dominated complete trials, sorted by the first objective."""
+    trials = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)) if feasible(t)]
+    if not trials:
+        return []
+    signs = _signs([d.name.lower() for d in study.directions])
+    points = np.array([t.values for t in trials]) * signs
+    front = [t for i, t in enumerate(trials)
+             if not any(np.all(points[j] <= points[i]) and np.any(points[j] < points[i]) for j in range(len(trials)))]
+    return sorted(front, key=lambda t: t.values[0] * signs[0])
+
+
+def reference_point(study: optuna.Study) -> np.ndarray:
+    """Hypervolume reference in minimization form: the dense model's values, pushed 10% worse.
+
+    The dense model is the point every configuration is measured against; a configuration counts
+    only where it beats it on every objective.
+    """
+    dense = study.user_attrs.get("thresh_opt:dense", {})
+    names = study.user_attrs.get("thresh_opt:objectives") or []
+    signs = _signs([d.name.lower() for d in study.directions])
+    ref = np.array([dense[n] for n in names], dtype=float) * signs
+    return ref + 0.1 * np.abs(ref) + 1e-9
+
+
+def hypervolume_history(study: optuna.Study) -> list[float]:
+    """Hypervolume of the feasible front after each finished trial (in trial order)."""
+    from optuna._hypervolume import compute_hypervolume
+
+    ref = reference_point(study)
+    signs = _signs([d.name.lower() for d in study.directions])
+    points: list[np.ndarray] = []
+    history = []
+    for t in study.get_trials(deepcopy=False):
+        if t.state == TrialState.COMPLETE and feasible(t):
+            p = np.array(t.values) * signs
+            if np.all(p < ref):
+                points.append(p)
+        history.append(float(compute_hypervolume(np.array(points), ref)) if points else 0.0)
+    return history
+
+
+def front_table(study: optuna.Study) -> list[dict[str, Any]]:
+    """The Pareto front as rows: trial number, parameters, objectives, MAC-weighted sparsity."""
+    names = study.user_attrs.get("thresh_opt:objectives") or [f"objective_{i}" for i in range(len(study.directions))]
+    rows = []
+    for t in pareto_front(study):
+        rows.append({"trial": t.number, **dict(zip(names, t.values)), "sparsity": t.user_attrs.get("sparsity"),
+                     "params": t.params})
+    return rows
+
+
+def write_plots(study: optuna.Study, folder: Path) -> list[Path]:
+    """Pareto front (interactive HTML and JSON), hypervolume history and per-layer sparsity heatmap (PNG)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import plotly.express as px
+
+    folder.mkdir(parents=True, exist_ok=True)
+    names = study.user_attrs.get("thresh_opt:objectives") or []
+    out = []
+    rows = front_table(study)
+    (folder / "pareto_front.json").write_text(json.dumps(rows, indent=1))
+    out.append(folder / "pareto_front.json")
+    done = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))]
+    if len(names) >= 2 and done:
+        front = {r["trial"] for r in rows}
+        data = {names[0]: [t.values[0] for t in done], names[1]: [t.values[1] for t in done],
+                "trial": [t.number for t in done], "front": ["Pareto front" if t.number in front else "other" for t in done]}
+        fig = px.scatter(data, x=names[0], y=names[1], color="front", hover_data=["trial"], title=f"{study.study_name}")
+        fig.write_html(folder / "pareto_front.html", include_plotlyjs=True)
+        out.append(folder / "pareto_front.html")
+    hv = hypervolume_history(study)
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    ax.plot(range(1, len(hv) + 1), hv)
+    ax.set(xlabel="trials", ylabel="hypervolume", title="hypervolume history (reference: dense model)")
+    fig.tight_layout()
+    fig.savefig(folder / "hypervolume.png", dpi=100)
+    plt.close(fig)
+    out.append(folder / "hypervolume.png")
+    heat = [(t.number, json.loads(t.user_attrs["per_module_sparsity"])) for t in pareto_front(study)
+            if "per_module_sparsity" in t.user_attrs]
+    if heat:
+        modules = list(heat[0][1])
+        grid = np.array([[s[m] for m in modules] for _, s in heat])
+        fig, ax = plt.subplots(figsize=(max(6, len(modules) * 0.12), 1.2 + 0.3 * len(heat)))
+        im = ax.imshow(grid, aspect="auto", vmin=0, vmax=1, cmap="viridis")
+        ax.set_yticks(range(len(heat)), [f"trial {n}" for n, _ in heat])
+        step = max(1, len(modules) // 16)
+        ax.set_xticks(range(0, len(modules), step), modules[::step], rotation=90, fontsize=6)
+        fig.colorbar(im, ax=ax, label="sparsity")
+        ax.set_title("per-module sparsity of the Pareto front")
+        fig.tight_layout()
+        fig.savefig(folder / "sparsity_heatmap.png", dpi=100)
+        plt.close(fig)
+        out.append(folder / "sparsity_heatmap.png")
+    return out

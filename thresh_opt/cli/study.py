@@ -1,0 +1,215 @@
+"""`thresh-opt study run|show|export` and `thresh-opt ui`."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from thresh_opt.cli._common import console, emit_json
+from thresh_opt.errors import UserError
+
+
+def register(groups: argparse._SubParsersAction) -> None:
+    """Add the `study` group and `ui`."""
+    group = groups.add_parser("study", help="run, inspect and export threshold studies")
+    verbs = group.add_subparsers(dest="verb", metavar="VERB", required=True)
+    run = verbs.add_parser("run", help="run (or resume) a study; no file: the default embedded RWKV-4 study")
+    run.add_argument("study", nargs="?", type=Path, metavar="STUDY.yaml")
+    run.add_argument("--sampler", choices=["greedy", "tpe", "nsga2", "nsga3", "random", "gp"])
+    run.add_argument("--trials", type=int, help="total trials in the study (a resumed study counts earlier ones)")
+    run.add_argument("--workers", type=int, help="parallel trials; more than 1 runs Ray actors")
+    run.add_argument("--seed", type=int)
+    run.add_argument("--storage", help="Optuna storage: a journal file or an RDB URL (default: run folder)")
+    run.add_argument("--ray-address", help="join an existing Ray cluster (ray start --head prints it)")
+    run.add_argument("--run-dir", type=Path, help="run folder (default runs/<study name>)")
+    run.add_argument("--tracking-uri", help="MLflow tracking URI (default: SQLite in the run folder)")
+    run.add_argument("--json", action="store_true", help="one JSON object (the Pareto front) on stdout")
+    run.set_defaults(func=cmd_run)
+    show = verbs.add_parser("show", help="the trials and Pareto front of a stored study")
+    _locate(show)
+    show.add_argument("--json", action="store_true")
+    show.set_defaults(func=cmd_show)
+    export = verbs.add_parser("export", help="write a trial's thresholds (JSON, safetensors) and SENECA report")
+    _locate(export)
+    export.add_argument("--trial", type=int, required=True)
+    export.add_argument("--out", type=Path, help="output folder (default RUN_DIR/export/trial-N)")
+    export.set_defaults(func=cmd_export)
+    ui = groups.add_parser("ui", help="start the MLflow UI for a run folder on 127.0.0.1")
+    ui.add_argument("run_dir", type=Path, metavar="RUN_DIR")
+    ui.add_argument("--port", type=int, default=5000)
+    ui.set_defaults(func=cmd_ui)
+
+
+def _locate(p: argparse.ArgumentParser) -> None:
+    p.add_argument("target", type=Path, metavar="RUN_DIR|STUDY.yaml", help="a run folder or the study file")
+    p.add_argument("--storage", help="storage URL instead of the run folder's journal")
+    p.add_argument("--name", help="study name (needed with --storage)")
+
+
+def _overridden(args: argparse.Namespace):  # noqa: ANN202
+    from thresh_opt.study.config import load_study
+
+    cfg, space = load_study(args.study)
+    updates = {k: getattr(args, k) for k in ("trials", "workers", "seed", "storage", "ray_address", "tracking_uri")
+               if getattr(args, k) is not None}
+    for k, v in updates.items():
+        if k in ("trials", "workers") and v < 1:
+            raise UserError(f"--{k}: must be >= 1")
+    if args.run_dir is not None:
+        updates["run_dir"] = str(args.run_dir)
+    cfg = cfg.model_copy(update=updates)
+    if args.sampler:
+        cfg = cfg.model_copy(update={"sampler": cfg.sampler.model_copy(update={"name": args.sampler, "options": {}})})
+        if args.sampler == "greedy" and space.level_list() is None:
+            raise UserError("--sampler greedy needs a discrete search space (levels), not a range")
+    return cfg, space
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    """Run or resume a study with a progress bar; print the Pareto front."""
+    from thresh_opt import analysis
+    from thresh_opt.study.config import DEFAULT_STUDY
+    from thresh_opt.study.driver import StudyRun, default_run_dir, run_study
+    from thresh_opt.study.executors import RayExecutor, SerialExecutor
+    from thresh_opt.tracking import StudyTracker
+
+    cfg, space = _overridden(args)
+    run_dir = default_run_dir(cfg)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    study_file = args.study or DEFAULT_STUDY
+    run = StudyRun(cfg, space, run_dir, source=str(study_file))
+    tracker = StudyTracker(cfg.tracking_uri, run_dir, cfg.name)
+    tracker.log_study(study_file, cfg.model_dump(), cfg.sampler.name, cfg.seed)
+    with console.status(f"loading {cfg.model.source} ({cfg.workers} worker{'s' if cfg.workers > 1 else ''})"):
+        use_ray = cfg.workers > 1 or cfg.ray_address
+        executor = RayExecutor(cfg, space, cfg.workers, cfg.ray_address) if use_ray else SerialExecutor(cfg, space)
+    columns = [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+               TextColumn("{task.fields[status]}")]
+    status = "FAILED"
+    try:
+        with Progress(*columns, console=console, transient=True) as progress:
+            task = progress.add_task(f"{cfg.name} ({cfg.sampler.name})", total=cfg.trials, status="")
+
+            def on_trial(study: Any, trial: Any, result: Any) -> None:
+                tracker.log_trial(trial.number, trial.state.name, trial.params, result.values,
+                                  result.per_module_sparsity, result.thresholds, result.error)
+                done = sum(1 for t in study.get_trials(deepcopy=False) if t.state.is_finished())
+                best = f"trial {trial.number}: " + (result.error or ", ".join(f"{k} {v:.4g}" for k, v in
+                                                   list(result.values.items())[:3]))
+                progress.update(task, completed=done, status=best)
+
+            study = run_study(run, executor, on_trial)
+        status = "FINISHED"
+    except KeyboardInterrupt:
+        status = "KILLED"
+        raise
+    finally:
+        executor.close()
+        if status != "FINISHED":
+            tracker.finish(status)
+    files = analysis.write_plots(study, run_dir / "artifacts")
+    hv = analysis.hypervolume_history(study)
+    tracker.log_artifacts(files, {"hypervolume": hv[-1] if hv else 0.0, "front_size": len(analysis.pareto_front(study))})
+    tracker.finish("FINISHED")
+    rows = analysis.front_table(study)
+    if args.json:
+        emit_json({"study": cfg.name, "run_dir": str(run_dir), "front": rows, "final": study.user_attrs.get("thresh_opt:final"),
+                   "trials": len(study.trials)})
+    else:
+        _print_front(study, rows, run_dir)
+    return 0
+
+
+def _print_front(study: Any, rows: list[dict[str, Any]], run_dir: Path) -> None:
+    names = study.user_attrs.get("thresh_opt:objectives", [])
+    table = Table(title=f"{study.study_name}: Pareto front ({len(rows)} of {len(study.trials)} trials)")
+    for col in ["trial", *names, "sparsity"]:
+        table.add_column(col, justify="right")
+    for r in rows:
+        table.add_row(str(r["trial"]), *(f"{r[n]:.4g}" for n in names), f"{(r['sparsity'] or 0):.1%}")
+    console.print(table)
+    console.print(f"run folder: {run_dir}   MLflow UI: thresh-opt ui {run_dir}", highlight=False)
+
+
+def _load(args: argparse.Namespace):  # noqa: ANN202
+    import optuna
+    from optuna.storages import JournalStorage
+    from optuna.storages.journal import JournalFileBackend
+
+    if args.storage:
+        storage: Any = args.storage
+    else:
+        target = args.target
+        if target.suffix in (".yaml", ".yml"):
+            from thresh_opt.study.config import load_study
+            from thresh_opt.study.driver import default_run_dir
+
+            target = default_run_dir(load_study(target)[0])
+        journal = target / "optuna.journal"
+        if not journal.is_file():
+            raise UserError(f"{args.target}: no study here (no {journal})")
+        storage = JournalStorage(JournalFileBackend(str(journal)))
+    names = optuna.get_all_study_names(storage)
+    name = args.name or (names[0] if len(names) == 1 else None)
+    if name not in names:
+        raise UserError(f"study {name!r} not in storage; studies: {', '.join(names) or 'none'} (use --name)")
+    return optuna.load_study(study_name=name, storage=storage)
+
+
+def cmd_show(args: argparse.Namespace) -> int:
+    """Trials and Pareto front of a stored study."""
+    from thresh_opt import analysis
+
+    study = _load(args)
+    rows = analysis.front_table(study)
+    if args.json:
+        emit_json({"study": study.study_name, "trials": len(study.trials), "front": rows,
+                   "hypervolume": (analysis.hypervolume_history(study) or [0.0])[-1],
+                   "final": study.user_attrs.get("thresh_opt:final")})
+        return 0
+    _print_front(study, rows, Path(str(args.target)))
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    """Write a trial's thresholds as JSON and safetensors, and its SENECA report."""
+    import torch
+    from safetensors.torch import save_file
+
+    study = _load(args)
+    trials = {t.number: t for t in study.trials}
+    if args.trial not in trials:
+        raise UserError(f"--trial {args.trial}: no such trial; the study has trials 0..{len(trials) - 1}")
+    t = trials[args.trial]
+    if "thresholds" not in t.user_attrs:
+        raise UserError(f"--trial {args.trial}: state {t.state.name}, no thresholds stored")
+    thresholds = json.loads(t.user_attrs["thresholds"])
+    out = args.out or (args.target if args.target.is_dir() else Path(".")) / "export" / f"trial-{args.trial}"
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "thresholds.json").write_text(json.dumps(thresholds, indent=1))
+    save_file({k: torch.tensor([v], dtype=torch.float32) for k, v in thresholds.items()}, out / "thresholds.safetensors")
+    report = {"trial": t.number, "params": t.params, "objectives": {k: v for k, v in t.user_attrs.items()
+              if isinstance(v, (int, float))}, "per_module_sparsity": json.loads(t.user_attrs.get("per_module_sparsity", "{}"))}
+    (out / "report.json").write_text(json.dumps(report, indent=1))
+    console.print(f"wrote {out}/thresholds.json, thresholds.safetensors, report.json", highlight=False)
+    return 0
+
+
+def cmd_ui(args: argparse.Namespace) -> int:
+    """Start `mlflow ui` on 127.0.0.1 for a run folder's tracking store."""
+    import subprocess
+    import sys
+
+    from thresh_opt.tracking import default_tracking_uri
+
+    if not (args.run_dir / "mlflow.db").is_file():
+        raise UserError(f"{args.run_dir}: no mlflow.db here (run a study first, or use `mlflow ui` with your URI)")
+    uri = default_tracking_uri(args.run_dir)
+    console.print(f"MLflow UI: http://127.0.0.1:{args.port}  (tracking store {uri}; Ctrl-C stops)", highlight=False)
+    return subprocess.call([sys.executable, "-m", "mlflow", "ui", "--host", "127.0.0.1", "--port", str(args.port),
+                            "--backend-store-uri", uri])

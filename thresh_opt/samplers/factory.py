@@ -1,0 +1,68 @@
+"""Optuna samplers from a study file: the greedy sampler and Optuna's own, configured alike."""
+
+from __future__ import annotations
+
+import inspect
+from typing import TYPE_CHECKING, Any
+
+import optuna
+
+from thresh_opt.errors import ConfigError
+
+if TYPE_CHECKING:
+    from thresh_opt.study.config import SamplerConfig
+
+
+def population_for_budget(trials: int) -> int:
+    """NSGA population for a trial budget: about six generations, between 4 and 50 (Optuna's default)."""
+    return max(4, min(50, trials // 6))
+
+
+def _check(cls: type, options: dict[str, Any], source: str) -> None:
+    allowed = [p for p in inspect.signature(cls.__init__).parameters if p not in ("self", "search_space")]
+    for key in options:
+        if key not in allowed:
+            raise ConfigError(source, f"sampler.options.{key}", f"not an option of {cls.__name__}; allowed: {', '.join(allowed)}")
+
+
+def sampler_class(name: str) -> type:
+    """The sampler class for a study-file name."""
+    if name == "greedy":
+        from thresh_opt.samplers import GreedySampler
+
+        return GreedySampler
+    return {
+        "tpe": optuna.samplers.TPESampler,
+        "nsga2": optuna.samplers.NSGAIISampler,
+        "nsga3": optuna.samplers.NSGAIIISampler,
+        "random": optuna.samplers.RandomSampler,
+        "gp": optuna.samplers.GPSampler,
+    }[name]
+
+
+def check_sampler_options(cfg: SamplerConfig, source: str) -> None:
+    """Fail early, before any model loads, on an option the sampler does not have."""
+    _check(sampler_class(cfg.name), cfg.options, source)
+
+
+def _build(cls: type, options: dict[str, Any], source: str) -> optuna.samplers.BaseSampler:
+    _check(cls, {k: v for k, v in options.items() if k != "search_space"}, source)
+    try:
+        return cls(**options)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(source, "sampler.options", f"{cls.__name__}: {exc}") from None
+
+
+def make_sampler(
+    cfg: SamplerConfig, candidates: dict[str, list[float]] | None, seed: int, trials: int, source: str = "study"
+) -> optuna.samplers.BaseSampler:
+    """The configured sampler; `candidates` (parameter -> discrete levels) is needed by the greedy sampler."""
+    options = dict(cfg.options)
+    if cfg.name == "greedy":
+        if candidates is None:
+            raise ConfigError(source, "sampler.name", "the greedy sampler needs a discrete search space")
+        return _build(sampler_class("greedy"), {"search_space": candidates, **options}, source)
+    options.setdefault("seed", seed)
+    if cfg.name in ("nsga2", "nsga3"):
+        options.setdefault("population_size", population_for_budget(trials))
+    return _build(sampler_class(cfg.name), options, source)

@@ -1,0 +1,1 @@
+"""The study engine: config schemas, search space, ask/tell driver, executors."""

@@ -1,0 +1,128 @@
+"""MLflow tracking: one parent run per study, a nested run per trial, study artifacts; logged from the driver."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import tempfile
+import time
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from thresh_opt.errors import UserError
+
+PACKAGES = ("thresh-opt", "torch", "transformers", "optuna", "ray", "mlflow", "lm_eval")
+
+
+def default_tracking_uri(run_dir: Path) -> str:
+    """SQLite in the run folder."""
+    return f"sqlite:///{(run_dir / 'mlflow.db').resolve()}"
+
+
+def git_commit() -> str:
+    """The repository's commit, or 'unknown'."""
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
+                             cwd=Path(__file__).parent)
+        return out.stdout.strip() or "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def package_versions() -> dict[str, str]:
+    """Installed versions of the packages that shape results."""
+    out = {}
+    for name in PACKAGES:
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            out[name] = "not installed"
+    return out
+
+
+class StudyTracker:
+    """Logs a study to MLflow; resuming a study reuses its parent run and skips trials already logged.
+
+    Args:
+        tracking_uri: any MLflow tracking URI (an `mlflow server` too); SQLite in run_dir when None.
+        run_dir: the study's run folder (artifacts go under it for the local default).
+        study_name: MLflow experiment and parent run name.
+    """
+
+    def __init__(self, tracking_uri: str | None, run_dir: Path, study_name: str) -> None:
+        from mlflow.tracking import MlflowClient
+
+        self.uri = tracking_uri or default_tracking_uri(run_dir)
+        self.client = MlflowClient(tracking_uri=self.uri)
+        try:
+            exp = self.client.get_experiment_by_name(study_name)
+            if exp is None:
+                location = None if tracking_uri else (run_dir / "mlartifacts").resolve().as_uri()
+                exp_id = self.client.create_experiment(study_name, artifact_location=location)
+            else:
+                exp_id = exp.experiment_id
+        except Exception as exc:  # noqa: BLE001 - unreachable server, bad URI: one line
+            raise UserError(f"MLflow tracking URI {self.uri!r}: {str(exc).splitlines()[0]}") from None
+        self.experiment_id = exp_id
+        parents = self.client.search_runs([exp_id], "tags.thresh_opt_role = 'study'", max_results=1)
+        if parents:
+            self.parent = parents[0].info.run_id
+            self.client.update_run(self.parent, status="RUNNING")
+        else:
+            run = self.client.create_run(exp_id, run_name=study_name, tags={"thresh_opt_role": "study"})
+            self.parent = run.info.run_id
+        logged = self.client.search_runs([exp_id], f"tags.`mlflow.parentRunId` = '{self.parent}'", max_results=50000)
+        self.logged = {int(r.data.tags["trial_number"]) for r in logged if "trial_number" in r.data.tags}
+
+    def log_study(self, study_file: Path | None, cfg: dict[str, Any], sampler: str, seed: int) -> None:
+        """Parameters of the parent run: the study file, sampler, seed, git commit and package versions."""
+        from mlflow.entities import Param
+
+        existing = self.client.get_run(self.parent).data.params
+        params = {"sampler": sampler, "seed": str(seed), "git_commit": git_commit(), "model": cfg["model"]["source"],
+                  "trials": str(cfg["trials"]), "workers": str(cfg["workers"])}
+        params |= {f"version.{k}": v for k, v in package_versions().items()}
+        new = [Param(k, v) for k, v in params.items() if k not in existing]
+        if new:
+            self.client.log_batch(self.parent, params=new)
+        self.client.log_text(self.parent, json.dumps(cfg, indent=1), "study.json")
+        if study_file is not None and study_file.is_file():
+            self.client.log_artifact(self.parent, str(study_file))
+
+    def log_trial(self, number: int, state: str, params: dict[str, float], values: dict[str, float],
+                  per_module_sparsity: dict[str, float], thresholds: dict[str, float], error: str | None) -> None:
+        """A nested run for one trial (skipped if this trial was logged before a resume)."""
+        from mlflow.entities import Metric, Param
+
+        if number in self.logged:
+            return
+        run = self.client.create_run(self.experiment_id, run_name=f"trial-{number}",
+                                     tags={"mlflow.parentRunId": self.parent, "trial_number": str(number), "state": state})
+        now = int(time.time() * 1000)
+        metrics = [Metric(k, float(v), now, 0) for k, v in values.items()]
+        metrics += [Metric(f"sparsity.{k}", float(v), now, 0) for k, v in per_module_sparsity.items()]
+        self.client.log_batch(run.info.run_id, metrics=metrics,
+                              params=[Param(k, repr(v)) for k, v in params.items()])
+        if thresholds:
+            self.client.log_text(run.info.run_id, json.dumps(thresholds, indent=1), "thresholds.json")
+        if error:
+            self.client.set_tag(run.info.run_id, "error", error[:5000])
+        self.client.set_terminated(run.info.run_id, status="FINISHED" if state == "COMPLETE" else "FAILED")
+        self.logged.add(number)
+
+    def log_artifacts(self, files: list[Path], metrics: dict[str, float] | None = None) -> None:
+        """Study artifacts (plots, front) and summary metrics on the parent run."""
+        for f in files:
+            self.client.log_artifact(self.parent, str(f), "study")
+        for k, v in (metrics or {}).items():
+            self.client.log_metric(self.parent, k, float(v))
+
+    def finish(self, status: str = "FINISHED") -> None:
+        """Close the parent run."""
+        self.client.set_terminated(self.parent, status=status)
+
+
+def temp_folder() -> Path:
+    """A scratch folder for artifacts before they are logged."""
+    return Path(tempfile.mkdtemp(prefix="thresh-opt-artifacts-"))
