@@ -74,11 +74,12 @@ def constraint_values(cfg: StudyConfig, values: dict[str, float], dense: dict[st
     return out
 
 
-def _fail_stale(study: optuna.Study) -> None:
-    """Trials left RUNNING by a killed driver never finish: store them as FAIL so they are re-issued."""
+def _prune_stale(study: optuna.Study) -> None:
+    """Trials left RUNNING by a killed driver never finish: store them as PRUNED (abandoned, not
+    rejected), so that samplers issue them again and the budget does not count them."""
     for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         study._storage.set_trial_user_attr(t._trial_id, "error", "interrupted: the driver stopped during this trial")
-        study.tell(t.number, state=TrialState.FAIL)
+        study.tell(t.number, state=TrialState.PRUNED)
 
 
 def run_study(run: StudyRun, executor: Any, on_trial: TrialCallback | None = None) -> optuna.Study:
@@ -90,7 +91,7 @@ def run_study(run: StudyRun, executor: Any, on_trial: TrialCallback | None = Non
     sampler = make_sampler(cfg.sampler, candidates, cfg.seed, cfg.trials, run.source)
     study = optuna.create_study(study_name=cfg.name, storage=run.storage(), directions=run.directions,
                                 sampler=sampler, load_if_exists=True)
-    _fail_stale(study)
+    _prune_stale(study)
     dense = executor.dense()
     study.set_user_attr(DENSE_ATTR, dense)
     study.set_user_attr("thresh_opt:groups", info["groups"])
@@ -131,7 +132,7 @@ def run_study(run: StudyRun, executor: Any, on_trial: TrialCallback | None = Non
     except KeyboardInterrupt:
         for trial in running.values():
             trial.set_user_attr("error", "interrupted by the user")
-            study.tell(trial, state=TrialState.FAIL)
+            study.tell(trial, state=TrialState.PRUNED)
         raise
     if sampler_done() and hasattr(sampler, "final_params"):
         finals = sampler.final_params(study)

@@ -1,0 +1,322 @@
+"""GreedySampler: the published sequential greedy threshold search, replayed from stored trials."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from collections.abc import Iterable
+from numbers import Real
+from typing import TYPE_CHECKING
+from typing import Any
+
+from optuna.logging import get_logger
+from optuna.samplers import BaseSampler
+
+from thresh_opt.samplers._greedy_state import CANDIDATE
+from thresh_opt.samplers._greedy_state import MODULE
+from thresh_opt.samplers._greedy_state import PARAMS
+from thresh_opt.samplers._greedy_state import PASS
+from thresh_opt.samplers._greedy_state import PASS_ID
+from thresh_opt.samplers._greedy_state import ROLE
+from thresh_opt.samplers._greedy_state import STEP
+from thresh_opt.samplers._greedy_state import TOLERANCE
+from thresh_opt.samplers._greedy_state import default_kind
+from thresh_opt.samplers._greedy_state import read_ledger
+from thresh_opt.samplers._greedy_state import replay_pass
+from thresh_opt.samplers._greedy_state import Spec
+
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+    from collections.abc import Mapping
+    from collections.abc import Sequence
+
+    from optuna.distributions import BaseDistribution
+    from optuna.study import Study
+    from optuna.trial import FrozenTrial
+
+    from thresh_opt.samplers._greedy_state import Key
+    from thresh_opt.samplers._greedy_state import Ledger
+    from thresh_opt.samplers._greedy_state import PassState
+
+
+_logger = get_logger(__name__)
+
+
+def _is_number(value: object) -> bool:
+    return isinstance(value, Real) and not isinstance(value, bool) and math.isfinite(value)
+
+
+class GreedySampler(BaseSampler):
+    """The sequential greedy threshold search of Knunyants et al. (arXiv 2501.16337), as a sampler.
+
+    Each parameter is a module, in the order of ``search_space`` (front to back); its value is a
+    target sparsity from its candidate list (0.0: dense). ``L_ref`` starts as the loss of the
+    all-dense configuration. For each module in order, candidates are tried in increasing order with
+    the earlier modules at their accepted values and the later ones at 0.0; a candidate is accepted
+    while ``loss / L_ref < loss_inc``, the search stops at the first failure, the module is fixed at
+    the largest accepted candidate (0.0 if none) and ``L_ref`` becomes the loss of that setting, so
+    the tolerance compounds. With ``warm_start``, a module whose kind already has choices starts at
+    the most frequent of them (ties: the smaller) and goes up while accepted, or down until accepted.
+
+    The decisions use the loss stored in each trial's user attribute ``loss_key``, never the
+    objective values, so the study may have any objectives.
+
+    Example:
+
+        .. testcode::
+
+            import optuna
+            from optuna.distributions import CategoricalDistribution
+
+            from thresh_opt.samplers import GreedySampler
+
+            weights = {"blocks.0.att.key": 0.002, "blocks.0.ffn.key": 0.05, "blocks.1.att.key": 0.004}
+            levels = [0.0, 0.2, 0.4, 0.6, 0.8]
+            sampler = GreedySampler({name: levels for name in weights}, loss_inc=1.0005)
+            study = optuna.create_study(sampler=sampler)
+            distributions = {name: CategoricalDistribution(levels) for name in weights}
+            while not sampler.is_finished(study):
+                trial = study.ask(distributions)
+                loss = 3.0 * (1 + sum(w * trial.params[n] ** 2 for n, w in weights.items()))
+                trial.set_user_attr("calibration_loss", loss)
+                study.tell(trial, loss)
+            print(sampler.final_params(study)[0])
+
+    No state is kept in the sampler: :meth:`before_trial` derives the next evaluation from the stored
+    trials (COMPLETE ones give results, RUNNING ones count as issued) and stamps it into the trial's
+    system attributes ``greedy:role`` (``"dense"``, ``"candidate"``, ``"wait"``, ``"finished"``),
+    ``greedy:pass``, ``greedy:tolerance``, ``greedy:module``, ``greedy:candidate``, ``greedy:step``
+    (module index, -1 for the dense trial) and ``greedy:params``. A new sampler on the same storage
+    continues where the old one stopped. Trials it did not issue (enqueued baselines, other samplers,
+    a sampler with other settings) are ignored.
+
+    Note:
+        Each pass (tolerance) issues its own dense trial first; the passes run one after another.
+
+    Note:
+        Parallel workers: while results are pending, further trials are speculative: the next
+        candidates on the search path, assuming each pending one continues the current direction
+        (accepted going up, rejected going down; the warm-start candidate is assumed accepted).
+        While the dense trial is pending, the first module's candidates are issued the same way.
+        When every such candidate is already running, :meth:`needs_wait` is True; a trial asked
+        anyway is a harmless duplicate of the current configuration (earlier modules at their
+        accepted values, the rest dense) stamped ``"wait"`` and ignored: it may be told without
+        being evaluated. Choices do not depend on how many workers there are or on the order of
+        results; speculative results off the final path are unused. Two processes asking at the
+        same moment may issue the same candidate twice; the first result with a loss is used.
+
+    Note:
+        Trial states: FAIL (the evaluation raised) rejects its candidate; a COMPLETE trial without a
+        finite loss in ``loss_key`` rejects it too. PRUNED means abandoned (e.g. a RUNNING trial left
+        by a killed driver): its candidate is issued again. A failed dense trial is issued again.
+        Once all passes are done, :meth:`is_finished` is True and every further trial repeats the
+        last pass's final configuration, stamped ``"finished"``.
+
+    Args:
+        search_space:
+            Parameter name -> candidate target sparsities (non-negative). The dict order is the
+            module order. 0.0 is added when missing; duplicates are dropped.
+        loss_inc:
+            The tolerance, or a list of them: one full pass per tolerance, in the given order, each
+            from scratch (all dense). A list traces a front.
+        loss_key:
+            The trial user attribute holding the (positive) loss the decisions use.
+        warm_start:
+            Start each module at the most frequent choice of its kind so far.
+        keep_first:
+            The public code's quirk: a failing first (smallest) candidate is kept instead of 0.0,
+            unless its evaluation raised.
+        kind_of:
+            Module name -> kind, for the warm start. Default: strip a leading ``<prefix>.<int>.``
+            (``"blocks.3.att.key"`` -> ``"att.key"``); a name without it is its own kind.
+    """
+
+    def __init__(
+        self,
+        search_space: Mapping[str, Sequence[float]],
+        loss_inc: float | Sequence[float] = 1.0005,
+        loss_key: str = "calibration_loss",
+        warm_start: bool = True,
+        keep_first: bool = False,
+        kind_of: Callable[[str], str] | None = None,
+    ) -> None:
+        if not search_space:
+            raise ValueError("GreedySampler needs at least one parameter in search_space")
+        candidates: dict[str, tuple[float, ...]] = {}
+        for name, values in search_space.items():
+            if isinstance(values, (str, bytes)) or not isinstance(values, Iterable):
+                raise ValueError(f"candidates of {name!r} must be a list of numbers, got {values!r}")
+            values = list(values)
+            for v in values:
+                if not _is_number(v) or v < 0:
+                    raise ValueError(f"candidates of {name!r} must be finite numbers >= 0, got {v!r}")
+            candidates[name] = tuple(sorted({float(v) for v in values if v > 0}))
+        tolerances = [loss_inc] if isinstance(loss_inc, Real) else list(loss_inc)
+        if not tolerances:
+            raise ValueError("loss_inc must be a number or a non-empty list of numbers")
+        for tol in tolerances:
+            if not _is_number(tol) or tol <= 0:
+                raise ValueError(f"loss_inc must be finite and positive, got {tol!r}")
+        kind = kind_of or default_kind
+        self._spec = Spec(
+            names=tuple(candidates),
+            candidates=candidates,
+            kinds={name: str(kind(name)) for name in candidates},
+            warm_start=bool(warm_start),
+            keep_first=bool(keep_first),
+        )
+        self._tolerances = tuple(float(t) for t in tolerances)
+        self._loss_key = loss_key
+        self._pass_ids = tuple(self._pass_id(p) for p in range(len(self._tolerances)))
+
+    def _pass_id(self, p: int) -> str:
+        # Trials of a pass are recognized by this fingerprint: settings that change the decisions.
+        settings = {
+            "candidates": {name: list(c) for name, c in self._spec.candidates.items()},
+            "kinds": dict(self._spec.kinds),
+            "warm_start": self._spec.warm_start,
+            "keep_first": self._spec.keep_first,
+            "loss_key": self._loss_key,
+            "tolerance": self._tolerances[p],
+            "pass": p,
+        }
+        return hashlib.sha1(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
+
+    @property
+    def search_space(self) -> dict[str, list[float]]:
+        """Parameter name -> all its values, 0.0 included, ascending (the choices to ask with)."""
+        return {name: [0.0, *c] for name, c in self._spec.candidates.items()}
+
+    # ---- derived state -------------------------------------------------------------------------
+
+    def _derive(self, study: Study) -> tuple[list[PassState], PassState | None, Ledger]:
+        """Finished passes, the current one (None when all are done) and the ledger behind them."""
+        # Query the storage directly, as GridSampler does (a pruner may filter study.get_trials).
+        trials = study._storage.get_all_trials(study._study_id, deepcopy=False)
+        ledger = read_ledger(trials, self._pass_ids, self._loss_key)
+        done: list[PassState] = []
+        for p, tolerance in enumerate(self._tolerances):
+            state = replay_pass(self._spec, p, tolerance, ledger)
+            if not state.done:
+                return done, state, ledger
+            done.append(state)
+        return done, None, ledger
+
+    def _config(self, state: PassState, key: Key | None = None) -> dict[str, float]:
+        """Earlier modules at their accepted values, the key's module at its candidate, rest dense."""
+        params = {name: state.accepted.get(name, 0.0) for name in self._spec.names}
+        if key is not None and key[1] is not None:
+            params[key[1]] = key[2]
+        return params
+
+    def needs_wait(self, study: Study) -> bool:
+        """True when every trial it could issue now depends on results of RUNNING trials."""
+        _, current, ledger = self._derive(study)
+        return current is not None and all(key in ledger.pending for key in current.frontier)
+
+    def is_finished(self, study: Study) -> bool:
+        """True when every pass is done."""
+        return self._derive(study)[1] is None
+
+    def final_params(self, study: Study) -> list[dict[str, float]]:
+        """The accepted value of every parameter, one dict per finished pass, in tolerance order.
+
+        Shorter than the tolerance list while passes are unfinished.
+        """
+        return [dict(state.accepted) for state in self._derive(study)[0]]
+
+    def progress(self, study: Study) -> dict[str, Any]:
+        """Where the search stands, for a progress bar.
+
+        Keys: ``pass``, ``passes``, ``tolerance``, ``module`` (under search; None when finished),
+        ``done_modules`` and ``total_modules`` (in this pass), ``done_steps`` and ``total_steps``
+        (modules over all passes), ``finished``.
+        """
+        done, current, _ = self._derive(study)
+        n, passes = len(self._spec.names), len(self._tolerances)
+        p = current.index if current is not None else passes - 1
+        k = current.module if current is not None else n
+        return {
+            "pass": p,
+            "passes": passes,
+            "tolerance": self._tolerances[p],
+            "module": self._spec.names[k] if k < n else None,
+            "done_modules": k,
+            "total_modules": n,
+            "done_steps": len(done) * n + (k if current is not None else 0),
+            "total_steps": passes * n,
+            "finished": current is None,
+        }
+
+    # ---- sampler API ---------------------------------------------------------------------------
+
+    def before_trial(self, study: Study, trial: FrozenTrial) -> None:
+        # Enqueued trials (fixed_params) and trials already stamped (e.g. retried) are left alone.
+        if "fixed_params" in trial.system_attrs or ROLE in trial.system_attrs:
+            return
+        done, current, ledger = self._derive(study)
+        if current is None:
+            last = done[-1]
+            stamp = self._stamp("finished", last.index, None, None, len(self._spec.names))
+            params = dict(last.accepted)
+        else:
+            issuable = [k for k in current.frontier if k not in ledger.pending]
+            step = current.module
+            if issuable:
+                key = issuable[0]
+                role = "dense" if key[1] is None else "candidate"
+                stamp = self._stamp(role, key[0], key[1], key[2], -1 if key[1] is None else step)
+                params = self._config(current, key)
+            else:
+                _logger.warning(
+                    "GreedySampler: every next candidate depends on running trials (needs_wait); "
+                    "this trial repeats the current configuration and is ignored."
+                )
+                name = self._spec.names[step]
+                stamp = self._stamp("wait", current.index, name, None, step)
+                params = self._config(current)
+        stamp[PARAMS] = params
+        for attr, value in stamp.items():
+            study._storage.set_trial_system_attr(trial._trial_id, attr, value)
+
+    def _stamp(self, role: str, p: int, module: str | None, candidate: float | None, step: int) -> dict[str, Any]:
+        return {
+            ROLE: role,
+            PASS: p,
+            PASS_ID: self._pass_ids[p],
+            TOLERANCE: self._tolerances[p],
+            MODULE: module,
+            CANDIDATE: candidate,
+            STEP: step,
+        }
+
+    def infer_relative_search_space(self, study: Study, trial: FrozenTrial) -> dict[str, BaseDistribution]:
+        return {}
+
+    def sample_relative(
+        self, study: Study, trial: FrozenTrial, search_space: dict[str, BaseDistribution]
+    ) -> dict[str, Any]:
+        return {}
+
+    def sample_independent(
+        self,
+        study: Study,
+        trial: FrozenTrial,
+        param_name: str,
+        param_distribution: BaseDistribution,
+    ) -> Any:
+        params = trial.system_attrs.get(PARAMS)
+        if params is None:
+            raise ValueError("All parameters must be specified when using GreedySampler with enqueue_trial.")
+        if param_name not in params:
+            raise ValueError(f"The parameter {param_name!r} is not in the search space of GreedySampler.")
+        value = params[param_name]
+        choices = getattr(param_distribution, "choices", None)
+        if choices is not None and value not in choices:
+            raise ValueError(
+                f"GreedySampler chose {value} for {param_name!r}, which is not among the choices "
+                f"{list(choices)}: ask with GreedySampler.search_space (0.0 included)."
+            )
+        return value

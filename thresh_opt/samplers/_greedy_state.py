@@ -1,0 +1,188 @@
+"""Replay of the sequential greedy search from stored trials: pure functions, no sampler API.
+
+A trial issued by :class:`~thresh_opt.samplers.GreedySampler` is one *evaluation key*
+``(pass, module, candidate)``; the dense trial of a pass is ``(pass, None, 0.0)``. The configuration
+behind a key is fixed by the decisions of the earlier modules, which are fixed by earlier results, so
+replaying the stored results in module order reproduces every decision, whatever order the results
+arrived in and whichever process stored them.
+"""
+
+from __future__ import annotations
+
+import bisect
+import math
+import re
+from collections import Counter
+from dataclasses import dataclass
+from dataclasses import field
+from typing import TYPE_CHECKING
+
+from optuna.trial import TrialState
+
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+    from collections.abc import Iterable
+    from collections.abc import Mapping
+
+    from optuna.trial import FrozenTrial
+
+# System attributes stamped on every trial the sampler issues.
+ROLE = "greedy:role"  # "dense" | "candidate" | "wait" | "finished"
+PASS = "greedy:pass"  # index into the tolerance list
+PASS_ID = "greedy:pass_id"  # fingerprint of the sampler settings of that pass
+TOLERANCE = "greedy:tolerance"
+MODULE = "greedy:module"  # parameter under search (None for the dense trial)
+CANDIDATE = "greedy:candidate"  # its value in this trial (0.0 for the dense trial)
+STEP = "greedy:step"  # index of the module in the order (-1 for the dense trial)
+PARAMS = "greedy:params"  # the whole assignment of the trial
+
+Key = tuple[int, "str | None", float]
+
+_KIND = re.compile(r"^(?:.*?\.)?\d+\.(.+)$")
+
+
+def default_kind(name: str) -> str:
+    """The name without its leading ``<prefix>.<int>.``: ``"blocks.3.att.key"`` -> ``"att.key"``.
+
+    The prefix may contain dots (``"model.layers.3.mlp.fc1"`` -> ``"mlp.fc1"``); a name without an
+    all-digit segment is its own kind.
+    """
+    match = _KIND.match(name)
+    return match.group(1) if match else name
+
+
+@dataclass(frozen=True)
+class Spec:
+    """What one greedy pass needs besides its tolerance."""
+
+    names: tuple[str, ...]  # module order, front to back
+    candidates: Mapping[str, tuple[float, ...]]  # positive candidates, ascending (0.0 is implied)
+    kinds: Mapping[str, str]
+    warm_start: bool
+    keep_first: bool
+
+    def start_index(self, name: str, accepted: Mapping[str, float]) -> int:
+        """Warm start: 1-based index of the candidate to try first (0: plain scan from the bottom)."""
+        if not self.warm_start:
+            return 0
+        earlier = [v for other, v in accepted.items() if self.kinds[other] == self.kinds[name]]
+        if not earlier:
+            return 0
+        counts = Counter(earlier)
+        most = max(counts, key=lambda v: (counts[v], -v))  # most frequent; ties: the smaller
+        # Same-kind modules normally share a candidate list; otherwise the largest candidate <= most.
+        return bisect.bisect_right(self.candidates[name], most)
+
+
+@dataclass
+class Ledger:
+    """What the stored trials say about each evaluation key."""
+
+    losses: dict[Key, float | None] = field(default_factory=dict)  # None: rejected without a loss
+    pending: set[Key] = field(default_factory=set)  # RUNNING
+
+
+def _finite(value: object) -> float | None:
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
+        return float(value)
+    return None
+
+
+def read_ledger(trials: Iterable[FrozenTrial], pass_ids: tuple[str, ...], loss_key: str) -> Ledger:
+    """Results and pending keys of the trials this sampler issued (other trials are skipped).
+
+    COMPLETE gives the loss in ``user_attrs[loss_key]`` (missing or not finite: a rejection); FAIL is a
+    rejection; RUNNING is pending; PRUNED (an abandoned trial) and WAITING count as never issued.
+    Duplicates of a key: the first COMPLETE trial with a loss wins.
+    """
+    ledger = Ledger()
+    for t in trials:
+        attrs = t.system_attrs
+        if attrs.get(ROLE) not in ("dense", "candidate"):
+            continue
+        p = attrs.get(PASS)
+        if not isinstance(p, int) or not 0 <= p < len(pass_ids) or attrs.get(PASS_ID) != pass_ids[p]:
+            continue
+        key: Key = (p, attrs.get(MODULE), float(attrs.get(CANDIDATE, 0.0)))
+        if t.state == TrialState.RUNNING:
+            ledger.pending.add(key)
+        elif t.state == TrialState.COMPLETE:
+            loss = _finite(t.user_attrs.get(loss_key))
+            if ledger.losses.get(key) is None:
+                ledger.losses[key] = loss
+        elif t.state == TrialState.FAIL:
+            ledger.losses.setdefault(key, None)
+    return ledger
+
+
+def walk(k: int, start: int, outcome: Callable[[int], bool | None]) -> tuple[int, list[int]]:
+    """One module's search over candidates 1..k (index 0 is 0.0, accepted by definition).
+
+    ``outcome(i)``: True accepted, False rejected, None unknown. Plain scan (``start == 0``): go up
+    while accepted. Warm start: try ``start``; if accepted go up while accepted, else go down until
+    accepted. An unknown outcome is assumed to continue the current direction (accepted going up,
+    rejected going down; the start is assumed accepted): the unknowns met on the way are the
+    candidates to evaluate next, in order. Returns (chosen index, unknowns); the choice is final
+    only when there are no unknowns.
+    """
+    unknown: list[int] = []
+
+    def accepted(i: int, assume: bool) -> bool:
+        result = outcome(i)
+        if result is None:
+            unknown.append(i)
+            return assume
+        return result
+
+    if start == 0 or accepted(start, True):
+        i = start
+        while i < k and accepted(i + 1, True):
+            i += 1
+        return i, unknown
+    i = start - 1
+    while i > 0 and not accepted(i, False):
+        i -= 1
+    return i, unknown
+
+
+@dataclass
+class PassState:
+    """Where one pass stands after replaying the ledger."""
+
+    index: int
+    accepted: dict[str, float]  # decided modules, in order (all of them when the pass is done)
+    module: int  # index of the module under search; len(names) when done
+    frontier: list[Key]  # keys on the search path without a result, in order (dense first)
+
+    @property
+    def done(self) -> bool:
+        return not self.frontier
+
+
+def replay_pass(spec: Spec, p: int, tolerance: float, ledger: Ledger) -> PassState:
+    """Decide module after module from the stored results, until a result is missing."""
+    dense: Key = (p, None, 0.0)
+    l_ref = ledger.losses.get(dense)  # a failed dense trial is issued again
+    frontier: list[Key] = [] if l_ref is not None else [dense]
+    accepted: dict[str, float] = {}
+    for m, name in enumerate(spec.names):
+        cands = spec.candidates[name]
+
+        def outcome(i: int) -> bool | None:
+            key = (p, name, cands[i - 1])
+            if l_ref is None or key not in ledger.losses:
+                return None  # without L_ref nothing is known, but the path is (speculation)
+            loss = ledger.losses[key]
+            return loss is not None and loss / l_ref < tolerance
+
+        choice, unknown = walk(len(cands), spec.start_index(name, accepted), outcome)
+        frontier += [(p, name, cands[i - 1]) for i in unknown]
+        if frontier:
+            return PassState(p, accepted, m, frontier)
+        if choice == 0 and spec.keep_first and cands and ledger.losses.get((p, name, cands[0])) is not None:
+            choice = 1  # the public code's quirk: a failing first candidate is kept (unless it raised)
+        if choice:
+            l_ref = ledger.losses[(p, name, cands[choice - 1])]
+        accepted[name] = cands[choice - 1] if choice else 0.0
+    return PassState(p, accepted, len(spec.names), [])
