@@ -22,7 +22,7 @@ export MLFLOW_DISABLE_TELEMETRY = true
 export TOKENIZERS_PARALLELISM = false
 
 run: setup
-	$(BIN)/thresh-opt model sparsity embedded:rwkv4-tiny --uniform-sparsity 0.5
+	$(BIN)/thresh-opt study run
 
 test: setup
 	$(BIN)/python -m pytest -q

@@ -1,0 +1,124 @@
+"""Greedy studies across processes: Ray workers, a killed and resumed driver, a Ray cluster, an MLflow server."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import pytest
+import yaml
+from mlflow.tracking import MlflowClient
+from optuna.trial import TrialState
+from test_study import FAST, load
+
+from thresh_opt.cli import main
+
+GREEDY = {**FAST, "sampler": {"name": "greedy", "options": {"loss_inc": 1.01}}, "trials": 200,
+          "baselines": {"dense": True, "uniform": []}}
+
+
+def write(tmp_path, name, **overrides):
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(yaml.safe_dump({**GREEDY, "name": name, "run_dir": str(tmp_path / name), **overrides}))
+    return path
+
+
+def final_of(tmp_path, name):
+    study = load(tmp_path, name)
+    return study.user_attrs["thresh_opt:final"], study
+
+
+def completed_steps(study):
+    return [(t.system_attrs.get("greedy:module"), t.system_attrs.get("greedy:candidate"))
+            for t in study.get_trials(states=(TrialState.COMPLETE,)) if t.system_attrs.get("greedy:role") == "candidate"]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def serial_final(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("serial")
+    assert main(["study", "run", str(write(tmp, "g"))]) == 0
+    final, study = final_of(tmp, "g")
+    assert final and len(final[0]["params"]) == 7
+    return final
+
+
+def test_greedy_makes_the_same_choices_with_two_ray_workers(tmp_path, serial_final):
+    assert main(["study", "run", str(write(tmp_path, "g")), "--workers", "2"]) == 0
+    final, study = final_of(tmp_path, "g")
+    assert final == serial_final
+    steps = completed_steps(study)
+    assert len(steps) == len(set(steps))
+
+
+def test_a_killed_study_resumes_without_losing_or_repeating_trials(tmp_path, serial_final):
+    path = write(tmp_path, "g")
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "thresh_opt", "study", "run", str(path)], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    journal = tmp_path / "g" / "optuna.journal"
+    deadline = time.time() + 240
+    while time.time() < deadline:  # kill it once a few trials are stored
+        if journal.is_file() and journal.read_text().count('"state":1,') >= 4:
+            break
+        time.sleep(0.5)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    study = load(tmp_path, "g")
+    before = {t.number: t.params for t in study.get_trials(states=(TrialState.COMPLETE,))}
+    assert 4 <= len(before)
+    assert "thresh_opt:final" not in study.user_attrs  # it really was interrupted
+    assert main(["study", "run", str(path)]) == 0
+    final, study = final_of(tmp_path, "g")
+    after = {t.number: t.params for t in study.get_trials(states=(TrialState.COMPLETE,))}
+    assert {n: after[n] for n in before} == before  # nothing completed was lost
+    steps = completed_steps(study)
+    assert len(steps) == len(set(steps))  # nothing completed was repeated
+    assert final == serial_final
+
+
+def test_a_study_on_a_ray_cluster_tracked_by_an_mlflow_server(tmp_path):
+    ray_port, mlflow_port = free_port(), free_port()
+    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0"}
+    ray_bin = os.path.join(os.path.dirname(sys.executable), "ray")
+    subprocess.run([ray_bin, "start", "--head", "--node-ip-address", "127.0.0.1", "--port", str(ray_port),
+                    "--num-cpus", "2", "--include-dashboard", "false", "--disable-usage-stats"],
+                   env=env, check=True, capture_output=True, timeout=180)
+    server = subprocess.Popen([sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port",
+                               str(mlflow_port), "--backend-store-uri", f"sqlite:///{tmp_path / 'server.db'}",
+                               "--artifacts-destination", str(tmp_path / "server-artifacts"), "--workers", "1"],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        uri = f"http://127.0.0.1:{mlflow_port}"
+        deadline = time.time() + 120
+        while time.time() < deadline:
+            try:
+                socket.create_connection(("127.0.0.1", mlflow_port), timeout=1).close()
+                break
+            except OSError:
+                time.sleep(1)
+        path = write(tmp_path, "c", sampler={"name": "random"}, trials=4)
+        code = main(["study", "run", str(path), "--ray-address", f"127.0.0.1:{ray_port}", "--workers", "2",
+                     "--tracking-uri", uri, "--json"])
+        assert code == 0
+        study = load(tmp_path, "c")
+        assert len(study.get_trials(states=(TrialState.COMPLETE,))) == 4
+        client = MlflowClient(uri)
+        runs = client.search_runs([client.get_experiment_by_name("c").experiment_id], max_results=50)
+        assert sum(1 for r in runs if "trial_number" in r.data.tags) == 4
+        parent = next(r for r in runs if r.data.tags.get("thresh_opt_role") == "study")
+        assert any(a.path == "study" for a in client.list_artifacts(parent.info.run_id))
+    finally:
+        server.send_signal(signal.SIGTERM)
+        server.wait(timeout=30)
+        subprocess.run([ray_bin, "stop", "--force"], env=env, capture_output=True, timeout=120)
