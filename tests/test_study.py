@@ -83,7 +83,9 @@ def test_export_writes_thresholds_and_report(tmp_path, capsys):
     thresholds = json.loads((tmp_path / "x" / "thresholds.json").read_text())
     assert len(thresholds) == 14 and all(v > 0 for v in thresholds.values())  # trial 1: the uniform 0.5 baseline
     assert (tmp_path / "x" / "thresholds.safetensors").is_file()
-    assert "energy_gain" in json.loads((tmp_path / "x" / "report.json").read_text())["objectives"]
+    report = json.loads((tmp_path / "x" / "report.json").read_text())
+    assert "energy_gain" in report["objectives"]
+    assert report["seneca"]["gains"]["energy"] == pytest.approx(report["objectives"]["energy_gain"])
     assert main(["study", "export", str(tmp_path / "s"), "--trial", "9"]) == 2
     assert "no such trial" in capsys.readouterr().err
 

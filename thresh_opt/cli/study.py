@@ -195,9 +195,23 @@ def cmd_export(args: argparse.Namespace) -> int:
     save_file({k: torch.tensor([v], dtype=torch.float32) for k, v in thresholds.items()}, out / "thresholds.safetensors")
     report = {"trial": t.number, "params": t.params, "objectives": {k: v for k, v in t.user_attrs.items()
               if isinstance(v, (int, float))}, "per_module_sparsity": json.loads(t.user_attrs.get("per_module_sparsity", "{}"))}
+    hw = study.user_attrs.get("thresh_opt:hardware")
+    if hw and report["per_module_sparsity"]:
+        report["seneca"] = _seneca_report(hw, report["per_module_sparsity"], study.user_attrs.get("thresh_opt:dense_sparsity"))
     (out / "report.json").write_text(json.dumps(report, indent=1))
     console.print(f"wrote {out}/thresholds.json, thresholds.safetensors, report.json", highlight=False)
     return 0
+
+
+def _seneca_report(hw: dict[str, Any], sparsity: dict[str, float], dense: dict[str, float] | None) -> dict[str, Any]:
+    """The SENECA comparison of a trial against the dense model, from the dimensions stored with the study."""
+    from types import SimpleNamespace
+
+    from thresh_opt.hardware import ModelDims, compare, sites_from_placement
+
+    dims = ModelDims(**hw["dims"])
+    sites = sites_from_placement([SimpleNamespace(**s) for s in hw["sites"]], dims)
+    return compare(dims, sparsity, dense or {}, sites=sites).to_dict()
 
 
 def cmd_ui(args: argparse.Namespace) -> int:

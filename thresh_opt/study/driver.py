@@ -92,9 +92,13 @@ def run_study(run: StudyRun, executor: Any, on_trial: TrialCallback | None = Non
     study = optuna.create_study(study_name=cfg.name, storage=run.storage(), directions=run.directions,
                                 sampler=sampler, load_if_exists=True)
     _prune_stale(study)
-    dense = executor.dense()
+    reference = executor.dense()
+    dense = reference["values"]
     study.set_user_attr(DENSE_ATTR, dense)
+    study.set_user_attr("thresh_opt:dense_sparsity", reference["per_module_sparsity"])
     study.set_user_attr("thresh_opt:groups", info["groups"])
+    if "hardware" in info:
+        study.set_user_attr("thresh_opt:hardware", info["hardware"])
     study.set_user_attr("thresh_opt:objectives", [o.name for o in cfg.objectives])
     if not study.user_attrs.get(BASELINES_ATTR):
         if cfg.baselines.dense:

@@ -23,8 +23,8 @@ class Executor(Protocol):
     def next_result(self) -> tuple[int, TrialResult]:
         """Block until one submitted trial is done."""
 
-    def dense(self) -> dict[str, float]:
-        """The dense model's objective values."""
+    def dense(self) -> dict[str, Any]:
+        """The dense model's objective values and per-module sparsity."""
 
     def close(self) -> None:
         """Release workers."""
@@ -51,7 +51,7 @@ class SerialExecutor:
         """The oldest finished trial."""
         return self._done.pop(0)
 
-    def dense(self) -> dict[str, float]:
+    def dense(self) -> dict[str, Any]:
         """The dense reference from the worker."""
         return self.worker.dense()
 
@@ -108,7 +108,7 @@ class RayExecutor:
         self._idle.append(actor)
         return number, self._ray.get(ready[0])
 
-    def dense(self) -> dict[str, float]:
+    def dense(self) -> dict[str, Any]:
         """The dense reference from the first actor."""
         return self._ray.get(self.actors[0].dense.remote())
 

@@ -51,9 +51,9 @@ class TrialWorker:
                                    hardware=hardware)
         self.stats = cached_activation_stats(self.loaded, cfg.calibration)
 
-    def dense(self) -> dict[str, float]:
-        """The dense model's objective values (computed once per worker)."""
-        return dict(self.evaluator.dense.values)
+    def dense(self) -> dict[str, Any]:
+        """The dense model's objective values and per-module sparsity (computed once per worker)."""
+        return {"values": dict(self.evaluator.dense.values), "per_module_sparsity": self.evaluator.dense.per_module_sparsity}
 
     def run(self, params: dict[str, float]) -> TrialResult:
         """Evaluate one parameter set; an exception becomes an error result, not a crash."""
@@ -68,7 +68,15 @@ class TrialWorker:
 
     def info(self) -> dict[str, Any]:
         """What the driver records about the model and space."""
-        return {"modules": self.loaded.thresholded.names, "params": self.space.params, "groups": self.space.groups}
+        info: dict[str, Any] = {"modules": self.loaded.thresholded.names, "params": self.space.params,
+                                "groups": self.space.groups}
+        if self.loaded.thresholded.spec.arch in ("rwkv4", "opt"):
+            from thresh_opt.objectives.hardware_cost import model_dims
+
+            dims, _ = model_dims(self.loaded)
+            info["hardware"] = {"dims": dims.to_dict(), "sites": [
+                {"name": s.name, "kind": s.kind, "block": s.block, "macs": s.macs} for s in self.loaded.thresholded.sites]}
+        return info
 
 
 def objectives_needed(cfg: StudyConfig) -> list[str]:

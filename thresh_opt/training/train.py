@@ -199,17 +199,13 @@ def export(
 ) -> dict:
     """Save fp16 weights, tokenizer, config, held-out text and a model card with measured metrics."""
     model.eval()
-    loss = mean_loss(model, heldout_chunks, batch_size=16)
-    acc = next_word_accuracy(model, tokenizer, next_word_examples(heldout_text, limit=500))
+    model.half().float()  # measure the weights as shipped (float16), not the training copy
     metrics = {
         "parameters": sum(p.numel() for p in model.parameters()),
         "tokens_seen": state["tokens"],
         "steps": state["step"],
         "training_seconds": round(state["seconds"], 1),
-        "heldout_loss": round(loss, 4),
-        "heldout_perplexity": round(perplexity(loss), 2),
-        "heldout_next_word_accuracy": round(acc, 4),
-        "heldout_tokens": heldout_chunks.numel(),
+        **measure(model, tokenizer, heldout_text, heldout_chunks),
     }
     out.mkdir(parents=True, exist_ok=True)
     model.half().save_pretrained(out)
@@ -218,3 +214,16 @@ def export(
     (out / "heldout.txt").write_text(heldout_text + "\n", encoding="utf-8")
     (out / "training.json").write_text(json.dumps({"config": asdict(cfg), "metrics": metrics}, indent=1))
     return metrics
+
+
+def measure(model: torch.nn.Module, tokenizer: PreTrainedTokenizerFast, heldout_text: str,
+            heldout_chunks: torch.Tensor) -> dict:
+    """Held-out loss, perplexity and next-word accuracy (500 lines), as the model card reports them."""
+    loss = mean_loss(model, heldout_chunks, batch_size=16)
+    acc = next_word_accuracy(model, tokenizer, next_word_examples(heldout_text, limit=500))
+    return {
+        "heldout_loss": round(loss, 4),
+        "heldout_perplexity": round(perplexity(loss), 2),
+        "heldout_next_word_accuracy": round(acc, 4),
+        "heldout_tokens": heldout_chunks.numel(),
+    }
