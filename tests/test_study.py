@@ -121,3 +121,27 @@ def test_malformed_space_file(tmp_path, capsys):
     assert main(["study", "run", str(path)]) == 2
     err = capsys.readouterr().err
     assert f"{space}: levels" in err and "between 0 and 0.99" in err
+
+
+def test_a_trial_that_raises_is_stored_as_fail_and_the_study_goes_on(tmp_path):
+    from thresh_opt.study.config import load_study
+    from thresh_opt.study.driver import StudyRun, run_study
+    from thresh_opt.study.executors import SerialExecutor
+
+    cfg, space = load_study(write_study(tmp_path, sampler={"name": "random"}, trials=4))
+    executor = SerialExecutor(cfg, space)
+    real = executor.worker.evaluator.evaluate
+    calls = []
+
+    def evaluate_failing_once(thresholds):  # the one injected fault: the evaluator raises on the 2nd trial
+        calls.append(1)
+        if len(calls) == 2:
+            raise RuntimeError("simulated evaluation failure")
+        return real(thresholds)
+
+    executor.worker.evaluator.evaluate = evaluate_failing_once
+    study = run_study(StudyRun(cfg, space, tmp_path / "s"), executor)
+    states = [t.state for t in study.trials]
+    assert states.count(TrialState.FAIL) == 1 and states.count(TrialState.COMPLETE) == 3
+    failed = next(t for t in study.trials if t.state == TrialState.FAIL)
+    assert failed.user_attrs["error"] == "RuntimeError: simulated evaluation failure"

@@ -122,3 +122,23 @@ def test_a_study_on_a_ray_cluster_tracked_by_an_mlflow_server(tmp_path):
         server.send_signal(signal.SIGTERM)
         server.wait(timeout=30)
         subprocess.run([ray_bin, "stop", "--force"], env=env, capture_output=True, timeout=120)
+
+
+def test_ctrl_c_stops_cleanly_and_the_study_resumes(tmp_path):
+    path = write(tmp_path, "i", sampler={"name": "random"}, trials=400)
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "thresh_opt", "study", "run", str(path)], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    journal = tmp_path / "i" / "optuna.journal"
+    deadline = time.time() + 240
+    while time.time() < deadline and not (journal.is_file() and journal.read_text().count('"state":1,') >= 3):
+        time.sleep(0.3)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err[-2000:]
+    assert "Traceback" not in err
+    study = load(tmp_path, "i")
+    assert not study.get_trials(states=(TrialState.RUNNING,))
+    done = len(study.get_trials(states=(TrialState.COMPLETE,)))
+    assert main(["study", "run", str(path), "--trials", str(done + 2)]) == 0
+    assert len(load(tmp_path, "i").get_trials(states=(TrialState.COMPLETE,))) == done + 2

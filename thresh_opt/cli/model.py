@@ -44,6 +44,7 @@ def register(groups: argparse._SubParsersAction) -> None:
                           ("seed", 0), ("threads", 0)]:
         tr.add_argument(f"--{name}", type=int, default=default, help=f"default {default}")
     tr.add_argument("--lr", type=float, default=2e-3, help="peak learning rate (default 2e-3)")
+    tr.add_argument("--weight-decay", type=float, default=0.05, help="AdamW weight decay (default 0.05)")
     tr.add_argument("--time-limit", type=float, metavar="MIN", help="stop after MIN minutes and export")
     tr.set_defaults(func=cmd_train)
 
@@ -157,7 +158,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     cfg = TrainConfig(
         arch=args.arch, layers=args.layers, hidden=args.hidden, heads=args.heads, vocab_size=args.vocab_size,
         ctx_len=args.ctx_len, batch_size=args.batch_size, lr=args.lr, warmup_steps=args.warmup_steps,
-        max_steps=args.steps, eval_every=args.eval_every, seed=args.seed, threads=args.threads,
+        max_steps=args.steps, eval_every=args.eval_every, weight_decay=args.weight_decay, seed=args.seed, threads=args.threads,
         sources=args.sources or ["kjv"],
     )
     try:

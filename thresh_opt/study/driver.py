@@ -140,7 +140,14 @@ def run_study(run: StudyRun, executor: Any, on_trial: TrialCallback | None = Non
         raise
     if sampler_done() and hasattr(sampler, "final_params"):
         finals = sampler.final_params(study)
-        study.set_user_attr(FINAL_ATTR, [{"params": p, "targets": space.targets(p)} for p in finals])
+        by_params = {json.dumps(t.params, sort_keys=True): t for t in study.get_trials(states=(TrialState.COMPLETE,))}
+        records = []
+        for p in finals:
+            trial = by_params.get(json.dumps(p, sort_keys=True))  # the accepted configuration was evaluated
+            thresholds = json.loads(trial.user_attrs["thresholds"]) if trial and "thresholds" in trial.user_attrs else None
+            records.append({"params": p, "targets": space.targets(p), "trial": trial.number if trial else None,
+                            "thresholds": thresholds})
+        study.set_user_attr(FINAL_ATTR, records)
     return study
 
 

@@ -24,6 +24,14 @@ def write_model_card(model_dir: Path) -> Path:
     arch = {"rwkv4": "RWKV-4 (transformers RwkvForCausalLM)", "opt": "OPT (transformers OPTForCausalLM)"}[cfg["arch"]]
     sources = "\n".join(f"- {_source_line(s)}" for s in cfg["sources"])
     hours = m["training_seconds"] / 3600
+    stopped = "" if m["steps"] >= cfg["max_steps"] else f"; this run was stopped by its time limit at step {m['steps']}"
+    command = " ".join(
+        ["thresh-opt model train", f"--arch {cfg['arch']}", "--out runs/train"]
+        + [f"--source {s if s == 'kjv' else '../shared/data/calibration/' + Path(s).name}" for s in cfg["sources"]]
+        + [f"--{k.replace('_', '-')} {cfg[k]}" for k in ("layers", "hidden", "heads", "vocab_size", "ctx_len",
+                                                          "batch_size", "lr", "weight_decay", "warmup_steps", "seed", "threads")]
+        + [f"--steps {cfg['max_steps']}"]
+    )
     card = f"""# {model_dir.parent.name if model_dir.name == 'model' else model_dir.name}
 
 A small {arch} trained from scratch by thresh-opt (`thresh-opt model train`), so that the toolkit runs
@@ -44,6 +52,10 @@ Held-out split: every 20th block of 100 lines of each source (5%), never seen in
 - {m['steps']:,} steps of {cfg['batch_size']} x {cfg['ctx_len']} tokens: {m['tokens_seen']:,} tokens seen
 - AdamW, peak learning rate {cfg['lr']}, {cfg['warmup_steps']} warm-up steps then cosine decay, weight decay {cfg['weight_decay']}
 - seed {cfg['seed']}, {cfg['threads'] or 'default'} CPU thread(s), {m['training_seconds']:,.0f} s ({hours:.2f} h) of training
+
+Reproduce (seeded: the same command gives the same weights{stopped}):
+
+    {command}
 
 ## Held-out results
 | metric | value |

@@ -39,7 +39,7 @@ class TrainConfig:
     warmup_steps: int = 200
     max_steps: int = 4000
     eval_every: int = 250
-    weight_decay: float = 0.01
+    weight_decay: float = 0.05
     seed: int = 0
     threads: int = 0  # 0: torch default
     sources: list[str] = field(default_factory=lambda: ["kjv"])
