@@ -404,3 +404,31 @@ def test_docstring_example_runs(capsys):
     code = GreedySampler.__doc__.split(".. testcode::")[1].split("No state is kept")[0]
     exec(re.sub(r"(?m)^ {12}", "", code), {})
     assert "blocks.0.att.key" in capsys.readouterr().out
+
+
+def drive_window(study, sampler, loss, workers, finish_newest_first):
+    """A sliding window, as the study driver with Ray actors runs it: a new trial is asked as soon as
+    one finishes, so a candidate can finish while the dense trial of its pass is still running."""
+    dists = {n: CategoricalDistribution(c) for n, c in sampler.search_space.items()}
+    running = []
+    while not sampler.is_finished(study) or running:
+        while (len(running) < workers and not sampler.is_finished(study)
+               and not (running and sampler.needs_wait(study))):
+            running.append(study.ask(dists))
+        trial = running.pop() if finish_newest_first else running.pop(0)
+        tell(study, trial, loss, lambda p: False)
+
+
+@pytest.mark.parametrize("warm_start", [False, True])
+@pytest.mark.parametrize("workers, newest_first", [(2, True), (3, True), (2, False)])
+def test_a_sliding_window_gives_the_same_choices_without_repeats(warm_start, workers, newest_first):
+    loss = make_loss(BUMPS)
+    serial = GreedySampler({n: LEVELS for n in NAMES}, loss_inc=1.0005, warm_start=warm_start)
+    s_study = new_study(serial)
+    drive(s_study, serial, loss)
+    sampler = GreedySampler({n: LEVELS for n in NAMES}, loss_inc=1.0005, warm_start=warm_start)
+    study = new_study(sampler)
+    drive_window(study, sampler, loss, workers, newest_first)
+    assert sampler.final_params(study) == serial.final_params(s_study)
+    assert len(set(keys(study))) == len(keys(study))  # no candidate evaluated twice
+    assert "wait" not in [t.system_attrs["greedy:role"] for t in study.trials]

@@ -38,7 +38,7 @@ def register(groups: argparse._SubParsersAction) -> None:
     tr.add_argument("--arch", default="rwkv4", choices=["rwkv4", "opt"])
     tr.add_argument("--out", type=Path, required=True, help="run folder (checkpoints; the model lands in OUT/model)")
     tr.add_argument("--source", action="append", dest="sources", metavar="SRC",
-                    help="'kjv' (Debian bible-kjv-text) or a text file; repeatable (default: kjv)")
+                    help="'kjv' (Debian bible-kjv-text, one verse per line), 'kjv-print' (its print layout, as the shipped models saw it) or a text file; repeatable (default: kjv)")
     for name, default in [("layers", 6), ("hidden", 256), ("heads", 4), ("vocab-size", 4096), ("ctx-len", 128),
                           ("batch-size", 16), ("steps", 1500), ("warmup-steps", 100), ("eval-every", 100),
                           ("seed", 0), ("threads", 0)]:

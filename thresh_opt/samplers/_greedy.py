@@ -211,10 +211,18 @@ class GreedySampler(BaseSampler):
             params[key[1]] = key[2]
         return params
 
+    @staticmethod
+    def _issuable(state: PassState, ledger: Ledger) -> list[Key]:
+        # A frontier key is undecided when it is running, or when it has a result that cannot be
+        # judged yet (its pass's dense loss is still running): neither may be issued again.
+        # A failed dense trial is the exception: it has no loss, and is issued again.
+        return [k for k in state.frontier if k not in ledger.pending
+                and (k not in ledger.losses or (k[1] is None and ledger.losses[k] is None))]
+
     def needs_wait(self, study: Study) -> bool:
         """True when every trial it could issue now depends on results of RUNNING trials."""
         _, current, ledger = self._derive(study)
-        return current is not None and all(key in ledger.pending for key in current.frontier)
+        return current is not None and not self._issuable(current, ledger)
 
     def is_finished(self, study: Study) -> bool:
         """True when every pass is done."""
@@ -262,7 +270,7 @@ class GreedySampler(BaseSampler):
             stamp = self._stamp("finished", last.index, None, None, len(self._spec.names))
             params = dict(last.accepted)
         else:
-            issuable = [k for k in current.frontier if k not in ledger.pending]
+            issuable = self._issuable(current, ledger)
             step = current.module
             if issuable:
                 key = issuable[0]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import subprocess
@@ -9,6 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 KJV_SPEC = "Gen1:1-Rev22:21"
+KJV_SOURCES = {"kjv": "verses", "kjv-print": "print"}
 _VERSE_REF = re.compile(r"^\S+\d+:\d+\s+")
 
 # Held-out blocks are contiguous runs of lines, so that held-out text is never a neighbour line of
@@ -26,24 +28,33 @@ class TextSplit:
     heldout: str
 
 
-def read_kjv() -> str:
-    """The King James Bible from Debian's `bible-kjv-text` package, one verse per line."""
+def read_kjv(layout: str = "verses") -> str:
+    """The King James Bible from Debian's `bible-kjv-text` package.
+
+    layout "verses": one verse per line, references stripped. "print": the `bible` tool's own page
+    layout (chapter headings, verse numbers, lines wrapped at 80 columns), which the shipped embedded
+    models were trained on.
+    """
     exe = shutil.which("bible")
     if exe is None:
         raise FileNotFoundError(
             "corpus 'kjv' needs Debian's bible-kjv-text package: apt-get install bible-kjv-text"
         )
-    out = subprocess.run([exe, KJV_SPEC], capture_output=True, text=True, check=True).stdout
+    flags = ["-f"] if layout == "verses" else []
+    out = subprocess.run([exe, *flags, KJV_SPEC], capture_output=True, text=True, check=True,
+                         env={"PATH": os.environ.get("PATH", ""), "COLUMNS": "80"}).stdout
+    if layout == "print":
+        return out
     return "\n".join(_VERSE_REF.sub("", line) for line in out.splitlines() if line.strip())
 
 
 def read_text(source: str) -> str:
-    """Read a corpus source: 'kjv' or a path to a UTF-8 text file."""
-    if source == "kjv":
-        return read_kjv()
+    """Read a corpus source: 'kjv', 'kjv-print' or a path to a UTF-8 text file."""
+    if source in KJV_SOURCES:
+        return read_kjv(KJV_SOURCES[source])
     path = Path(source)
     if not path.is_file():
-        raise FileNotFoundError(f"corpus source {source!r}: no such file (use 'kjv' or a text file)")
+        raise FileNotFoundError(f"corpus source {source!r}: no such file (use 'kjv', 'kjv-print' or a text file)")
     return path.read_text(encoding="utf-8")
 
 
@@ -63,4 +74,4 @@ def split_text(name: str, text: str) -> TextSplit:
 
 def load_corpus(sources: list[str]) -> list[TextSplit]:
     """Read and split every source."""
-    return [split_text(Path(s).stem if s != "kjv" else "kjv", read_text(s)) for s in sources]
+    return [split_text(s if s in KJV_SOURCES else Path(s).stem, read_text(s)) for s in sources]

@@ -6,13 +6,15 @@ import json
 from pathlib import Path
 
 LICENCES = {
-    "kjv": "King James Bible (Debian package bible-kjv-text): public domain",
+    "kjv": "King James Bible (Debian package bible-kjv-text), one verse per line: public domain",
+    "kjv-print": "King James Bible (Debian package bible-kjv-text) in the `bible` tool's print layout "
+    "(chapter headings, verse numbers, 80-column lines): public domain",
     "wikitext-2-raw-v1.test": "WikiText-2 raw test split (Merity et al. 2016): CC BY-SA 3.0 / GFDL (Wikipedia text)",
 }
 
 
 def _source_line(source: str) -> str:
-    stem = "kjv" if source == "kjv" else Path(source).stem
+    stem = source if source in LICENCES else Path(source).stem
     return LICENCES.get(stem, f"{Path(source).name}: licence as stated by its provider")
 
 
@@ -27,7 +29,7 @@ def write_model_card(model_dir: Path) -> Path:
     stopped = "" if m["steps"] >= cfg["max_steps"] else f"; this run was stopped by its time limit at step {m['steps']}"
     command = " ".join(
         ["thresh-opt model train", f"--arch {cfg['arch']}", "--out runs/train"]
-        + [f"--source {s if s == 'kjv' else '../shared/data/calibration/' + Path(s).name}" for s in cfg["sources"]]
+        + [f"--source {s if s in LICENCES else '../shared/data/calibration/' + Path(s).name}" for s in cfg["sources"]]
         + [f"--{k.replace('_', '-')} {cfg[k]}" for k in ("layers", "hidden", "heads", "vocab_size", "ctx_len",
                                                           "batch_size", "lr", "weight_decay", "warmup_steps", "seed", "threads")]
         + [f"--steps {cfg['max_steps']}"]
