@@ -147,3 +147,45 @@ def test_a_trial_that_raises_is_stored_as_fail_and_the_study_goes_on(tmp_path):
     assert states.count(TrialState.FAIL) == 1 and states.count(TrialState.COMPLETE) == 3
     failed = next(t for t in study.trials if t.state == TrialState.FAIL)
     assert failed.user_attrs["error"] == "RuntimeError: simulated evaluation failure"
+
+
+def test_greedy_module_order_option(tmp_path, capsys):
+    from thresh_opt.samplers.factory import make_sampler
+    from thresh_opt.study.config import SamplerConfig
+
+    cands = {"a": [0.0, 0.5], "b": [0.0, 0.5]}
+    reverse = make_sampler(SamplerConfig(name="greedy", options={"order": "reverse"}), cands, 0, 10)
+    assert list(reverse.search_space) == ["b", "a"]
+    path = write_study(tmp_path, sampler={"name": "greedy", "options": {"order": "sideways"}})
+    assert main(["study", "run", str(path)]) == 2
+    assert "sampler.options.order: 'sideways'; allowed: forward, reverse" in capsys.readouterr().err
+
+
+def test_ui_serves_the_mlflow_ui_on_loopback(tmp_path):
+    import os
+    import signal
+    import socket
+    import subprocess
+    import sys
+    import time
+    import urllib.request
+
+    path = write_study(tmp_path, sampler={"name": "random"}, trials=1)
+    assert main(["study", "run", str(path)]) == 0
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = subprocess.Popen([sys.executable, "-m", "thresh_opt", "ui", str(tmp_path / "s"), "--port", str(port)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        deadline, body = time.time() + 90, ""
+        while time.time() < deadline and not body:
+            try:
+                body = urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=2).read().decode()
+            except OSError:
+                time.sleep(1)
+        assert "MLflow" in body or "mlflow" in body
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)  # the UI and the server workers it started
+        _, err = proc.communicate(timeout=60)
+    assert f"http://127.0.0.1:{port}" in err

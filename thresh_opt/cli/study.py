@@ -216,7 +216,7 @@ def _seneca_report(hw: dict[str, Any], sparsity: dict[str, float], dense: dict[s
 
 def cmd_ui(args: argparse.Namespace) -> int:
     """Start `mlflow ui` on 127.0.0.1 for a run folder's tracking store."""
-    import subprocess
+    import os
     import sys
 
     from thresh_opt.tracking import default_tracking_uri
@@ -225,5 +225,8 @@ def cmd_ui(args: argparse.Namespace) -> int:
         raise UserError(f"{args.run_dir}: no mlflow.db here (run a study first, or use `mlflow ui` with your URI)")
     uri = default_tracking_uri(args.run_dir)
     console.print(f"MLflow UI: http://127.0.0.1:{args.port}  (tracking store {uri}; Ctrl-C stops)", highlight=False)
-    return subprocess.call([sys.executable, "-m", "mlflow", "ui", "--host", "127.0.0.1", "--port", str(args.port),
-                            "--backend-store-uri", uri])
+    sys.stderr.flush()
+    # Become the MLflow UI process: Ctrl-C and signals reach the server directly.
+    os.execv(sys.executable, [sys.executable, "-m", "mlflow", "ui", "--host", "127.0.0.1", "--port", str(args.port),
+                              "--backend-store-uri", uri])
+    return 0  # not reached

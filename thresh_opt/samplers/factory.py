@@ -13,6 +13,10 @@ if TYPE_CHECKING:
     from thresh_opt.study.config import SamplerConfig
 
 
+# Module order of the greedy search: front to back as published, or back to front.
+GREEDY_ORDERS = ("forward", "reverse")
+
+
 def population_for_budget(trials: int) -> int:
     """NSGA population for a trial budget: about six generations, between 4 and 50 (Optuna's default)."""
     return max(4, min(50, trials // 6))
@@ -42,7 +46,10 @@ def sampler_class(name: str) -> type:
 
 def check_sampler_options(cfg: SamplerConfig, source: str) -> None:
     """Fail early, before any model loads, on an option the sampler does not have."""
-    _check(sampler_class(cfg.name), cfg.options, source)
+    options = dict(cfg.options)
+    if cfg.name == "greedy" and options.pop("order", "forward") not in GREEDY_ORDERS:
+        raise ConfigError(source, "sampler.options.order", f"{cfg.options['order']!r}; allowed: {', '.join(GREEDY_ORDERS)}")
+    _check(sampler_class(cfg.name), options, source)
 
 
 def _build(cls: type, options: dict[str, Any], source: str) -> optuna.samplers.BaseSampler:
@@ -61,7 +68,11 @@ def make_sampler(
     if cfg.name == "greedy":
         if candidates is None:
             raise ConfigError(source, "sampler.name", "the greedy sampler needs a discrete search space")
-        return _build(sampler_class("greedy"), {"search_space": candidates, **options}, source)
+        order = options.pop("order", "forward")
+        if order not in GREEDY_ORDERS:
+            raise ConfigError(source, "sampler.options.order", f"{order!r}; allowed: {', '.join(GREEDY_ORDERS)}")
+        names = list(candidates)[::-1] if order == "reverse" else list(candidates)
+        return _build(sampler_class("greedy"), {"search_space": {n: candidates[n] for n in names}, **options}, source)
     options.setdefault("seed", seed)
     if cfg.name in ("nsga2", "nsga3"):
         options.setdefault("population_size", population_for_budget(trials))
