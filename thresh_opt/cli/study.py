@@ -207,11 +207,12 @@ def _seneca_report(hw: dict[str, Any], sparsity: dict[str, float], dense: dict[s
     """The SENECA comparison of a trial against the dense model, from the dimensions stored with the study."""
     from types import SimpleNamespace
 
-    from thresh_opt.hardware import ModelDims, compare, sites_from_placement
+    from thresh_opt.hardware import ModelDims, compare, load_profile, sites_from_placement
 
     dims = ModelDims(**hw["dims"])
     sites = sites_from_placement([SimpleNamespace(**s) for s in hw["sites"]], dims)
-    return compare(dims, sparsity, dense or {}, sites=sites).to_dict()
+    profile = load_profile(hw.get("profile"))  # the study's profile, or the shipped one
+    return compare(dims, sparsity, dense or {}, profile=profile, sites=sites).to_dict()
 
 
 def cmd_ui(args: argparse.Namespace) -> int:

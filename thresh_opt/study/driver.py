@@ -98,7 +98,8 @@ def run_study(run: StudyRun, executor: Any, on_trial: TrialCallback | None = Non
     study.set_user_attr("thresh_opt:dense_sparsity", reference["per_module_sparsity"])
     study.set_user_attr("thresh_opt:groups", info["groups"])
     if "hardware" in info:
-        study.set_user_attr("thresh_opt:hardware", info["hardware"])
+        profile = str(Path(cfg.profile).resolve()) if cfg.profile else None
+        study.set_user_attr("thresh_opt:hardware", {**info["hardware"], "profile": profile})
     study.set_user_attr("thresh_opt:objectives", [o.name for o in cfg.objectives])
     if not study.user_attrs.get(BASELINES_ATTR):
         if cfg.baselines.dense:
