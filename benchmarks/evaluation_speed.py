@@ -42,13 +42,11 @@ def main() -> None:
         chunks = ev.calibration_chunks
         floors, evals = [], []
         for i in range(args.repeats):
-            loaded.thresholded.remove()
-            start = time.perf_counter()
-            with torch.no_grad():
+            with loaded.thresholded.bare() as model, torch.no_grad():
+                start = time.perf_counter()
                 for batch in chunks.split(ev.batch_size):
-                    loaded.model(input_ids=batch)
-            floors.append(time.perf_counter() - start)
-            loaded.thresholded.__init__(loaded.model, loaded.thresholded.spec)
+                    model(input_ids=batch)
+                floors.append(time.perf_counter() - start)
             target = 0.3 + 0.5 * i / max(1, args.repeats - 1)
             evals.append(ev.evaluate(stats.at(target)).seconds)
     floor, evaluation = statistics.median(floors), statistics.median(evals)

@@ -58,17 +58,14 @@ def bench(name: str, batch: int, ctx_len: int, repeats: int) -> dict[str, float]
         loaded = load_model(name)
         ids = token_chunks(loaded.tokenizer, loaded.heldout_text, ctx_len)[:batch]
     tm = loaded.thresholded
-    thresholds = activation_stats(tm, ids).at(0.5)
-    tm.remove()
+    tm.set_thresholds(activation_stats(tm, ids).at(0.5))
     dense, sparse = [], []
     for _ in range(repeats + 2):
-        dense.append(_time(lambda: loaded.model(input_ids=ids)))
-        tm = ThresholdedModel(loaded.model, tm.spec)
-        tm.set_thresholds(thresholds)
+        with tm.bare() as model:
+            dense.append(_time(lambda: model(input_ids=ids)))
         with tm.counting():
             sparse.append(_time(lambda: loaded.model(input_ids=ids)))
         mac_weighted = tm.sparsity().mac_weighted
-        tm.remove()
     d, s = statistics.median(dense[2:]), statistics.median(sparse[2:])
     return {"load_s": load_s, "dense_s": d, "thresholded_s": s, "ratio": s / d, "sparsity": mac_weighted}
 

@@ -23,12 +23,10 @@ def test_zero_thresholds_give_the_dense_logits_exactly(loaded):
     tm = loaded.thresholded
     tm.set_thresholds([0.0] * len(tm.names))
     wrapped = loaded.model(input_ids=ids).logits
-    tm.remove()  # the bare Hugging Face model, no hooks at all
-    try:
-        bare = loaded.model(input_ids=ids).logits
-    finally:
-        tm.__init__(loaded.model, tm.spec)  # hooks back on for the other tests
+    with tm.bare() as model:  # the Hugging Face model with no hooks at all
+        bare = model(input_ids=ids).logits
     assert torch.equal(wrapped, bare)
+    assert torch.equal(loaded.model(input_ids=ids).logits, wrapped)  # hooks are back
 
 
 @torch.no_grad()

@@ -48,13 +48,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     thresholds = read_json_object(args.thresholds, "thresholds") if args.thresholds else None
     spec = spec_from_args(args)
     loaded = load_from_args(args)
-    hardware = None
-    if {"energy", "latency", "energy_gain", "latency_gain"} & set(objectives):
-        from thresh_opt.objectives.hardware_cost import seneca_cost
-
-        hardware = seneca_cost(loaded, args.profile)
     evaluator = Evaluator(
-        loaded, objectives, calibration=spec, tasks=tasks, limit=args.limit, hardware=hardware, cache=args.cache_dir,
+        loaded, objectives, calibration=spec, tasks=tasks, limit=args.limit, profile=args.profile, cache=args.cache_dir,
         eval_text=args.eval_text.read_text(encoding="utf-8") if args.eval_text else None,
     )
     if thresholds is None:

@@ -10,7 +10,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, P
 
 from thresh_opt.config import PACKAGE_DIR
 from thresh_opt.errors import UserError
-from thresh_opt.models.specs import PlacementSpec, load_spec, spec_for
+from thresh_opt.models.specs import PlacementSpec, load_spec
 from thresh_opt.models.thresholded import ThresholdedModel
 
 EMBEDDED_DIR = PACKAGE_DIR / "models" / "embedded"
@@ -100,4 +100,4 @@ def load_model(
         raise UserError(f"cannot load model {source!r}: {first}") from None
     model.to(dev).eval()
     spec = load_spec(Path(placement)) if isinstance(placement, (str, Path)) else placement
-    return LoadedModel(source, model, tokenizer, ThresholdedModel(model, spec or spec_for(model)))
+    return LoadedModel(source, model, tokenizer, ThresholdedModel(model, spec))

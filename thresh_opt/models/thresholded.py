@@ -70,9 +70,8 @@ class ThresholdedModel:
         self._mask: torch.Tensor | None = None
         self._tokens_now = 0
         self.reset_counts()
-        self._handles = [model.register_forward_pre_hook(self._capture_inputs, with_kwargs=True)]
-        for i, site in enumerate(self.sites):
-            self._handles.append(self._install(i, site))
+        self._handles: list[torch.utils.hooks.RemovableHandle] = []
+        self._attach()
 
     # ---- thresholds -------------------------------------------------------------------------
     @property
@@ -163,6 +162,20 @@ class ThresholdedModel:
         for h in self._handles:
             h.remove()
         self._handles = []
+
+    @contextlib.contextmanager
+    def bare(self) -> Iterator[nn.Module]:
+        """The wrapped model with no hooks at all inside this block (the dense reference); hooks and
+        thresholds are back afterwards."""
+        self.remove()
+        try:
+            yield self.model
+        finally:
+            self._attach()
+
+    def _attach(self) -> None:
+        self._handles = [self.model.register_forward_pre_hook(self._capture_inputs, with_kwargs=True)]
+        self._handles += [self._install(i, site) for i, site in enumerate(self.sites)]
 
     # ---- hooks ----------------------------------------------------------------------------------
     def _capture_inputs(self, _module: nn.Module, args: tuple, kwargs: dict) -> None:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -74,9 +74,6 @@ class Evaluation:
                 "per_module_sparsity": self.per_module_sparsity, "hardware": self.hardware, "seconds": self.seconds}
 
 
-HardwareFn = Callable[[dict[str, float], dict[str, float]], dict[str, Any]]
-
-
 class Evaluator:
     """Evaluates thresholds configurations on one loaded model, reusing tokens, statistics and lm-eval tasks.
 
@@ -91,7 +88,7 @@ class Evaluator:
         eval_text: text for perplexity and next-word accuracy (default: second half of the held-out text).
         tasks: lm-eval tasks (names, local folders, NAME=FOLDER) for `accuracy`.
         limit: first N examples per lm-eval task, the same in every evaluation.
-        hardware: maps (per-module sparsity, dense per-module sparsity) to energy/latency figures.
+        profile: SENECA hardware profile file for the energy and latency objectives (default: shipped).
     """
 
     def __init__(
@@ -102,7 +99,7 @@ class Evaluator:
         eval_text: str | None = None,
         tasks: list[str] | None = None,
         limit: int | None = None,
-        hardware: HardwareFn | None = None,
+        profile: Path | str | None = None,
         cache: Path | None = None,
         batch_size: int = 8,
         eval_chunks: int = 32,
@@ -113,10 +110,11 @@ class Evaluator:
         self.needs = {OBJECTIVES[o].needs for o in self.objectives}
         if "lm_eval" in self.needs and not tasks:
             raise UserError("objective 'accuracy' needs lm-eval tasks (--tasks piqa,../shared/data/arc_easy,...)")
-        if "hardware" in self.needs and hardware is None:
+        hardware = None
+        if "hardware" in self.needs:
             from thresh_opt.objectives.hardware_cost import seneca_cost
 
-            hardware = seneca_cost(loaded)
+            hardware = seneca_cost(loaded, profile)
         self.calibration = calibration or CalibrationSpec()
         self._eval_text = eval_text
         self.tasks, self.limit, self.hardware = list(tasks or []), limit, hardware

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import tempfile
 from dataclasses import dataclass
-from functools import cached_property
+from functools import cache, cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -62,6 +62,7 @@ def _local(name: str, folder: Path) -> TaskRef:
     return TaskRef(name, folder)
 
 
+@cache
 def _builtin_yaml(name: str) -> Path:
     import lm_eval.tasks
 

@@ -41,14 +41,8 @@ class TrialWorker:
         m = cfg.model
         self.loaded = load_model(m.source, dtype=m.dtype, device=m.device, placement=m.placement)
         self.space = SearchSpace.build(space_cfg, self.loaded.thresholded.sites)
-        hardware = None
-        names = objectives_needed(cfg)
-        if {"energy", "latency", "energy_gain", "latency_gain"} & set(names):
-            from thresh_opt.objectives.hardware_cost import seneca_cost
-
-            hardware = seneca_cost(self.loaded, cfg.profile)
-        self.evaluator = Evaluator(self.loaded, names, calibration=cfg.calibration, tasks=cfg.tasks, limit=cfg.limit,
-                                   hardware=hardware)
+        self.evaluator = Evaluator(self.loaded, objectives_needed(cfg), calibration=cfg.calibration, tasks=cfg.tasks,
+                                   limit=cfg.limit, profile=cfg.profile)
         self.stats = cached_activation_stats(self.loaded, cfg.calibration)
 
     def dense(self) -> dict[str, Any]:
