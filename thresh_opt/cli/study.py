@@ -72,7 +72,15 @@ def _overridden(args: argparse.Namespace):  # noqa: ANN202
 
 def cmd_run(args: argparse.Namespace) -> int:
     """Run or resume a study with a progress bar; print the Pareto front."""
+    from thresh_opt.interrupts import deferred_interrupts
+
+    with deferred_interrupts():
+        return _run(args)
+
+
+def _run(args: argparse.Namespace) -> int:
     from thresh_opt import analysis
+    from thresh_opt.interrupts import interruptible
     from thresh_opt.study.config import DEFAULT_STUDY
     from thresh_opt.study.driver import StudyRun, default_run_dir, run_study
     from thresh_opt.study.executors import RayExecutor, SerialExecutor
@@ -85,7 +93,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     run = StudyRun(cfg, space, run_dir, source=str(study_file))
     tracker = StudyTracker(cfg.tracking_uri, run_dir, cfg.name)
     tracker.log_study(study_file, cfg.model_dump(), cfg.sampler.name, cfg.seed)
-    with console.status(f"loading {cfg.model.source} ({cfg.workers} worker{'s' if cfg.workers > 1 else ''})"):
+    with console.status(f"loading {cfg.model.source} ({cfg.workers} worker{'s' if cfg.workers > 1 else ''})"), \
+            interruptible():
         use_ray = cfg.workers > 1 or cfg.ray_address
         executor = RayExecutor(cfg, space, cfg.workers, cfg.ray_address) if use_ray else SerialExecutor(cfg, space)
     columns = [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),

@@ -13,6 +13,7 @@ from optuna.storages import JournalStorage
 from optuna.storages.journal import JournalFileBackend
 from optuna.trial import FrozenTrial, Trial, TrialState
 
+from thresh_opt.interrupts import check, interruptible
 from thresh_opt.objectives import OBJECTIVES
 from thresh_opt.samplers.factory import make_sampler
 from thresh_opt.study.config import REPO_DIR, SearchSpaceConfig, StudyConfig
@@ -92,7 +93,8 @@ def run_study(run: StudyRun, executor: Any, on_trial: TrialCallback | None = Non
     study = optuna.create_study(study_name=cfg.name, storage=run.storage(), directions=run.directions,
                                 sampler=sampler, load_if_exists=True)
     _prune_stale(study)
-    reference = executor.dense()
+    with interruptible():
+        reference = executor.dense()
     dense = reference["values"]
     study.set_user_attr(DENSE_ATTR, dense)
     study.set_user_attr("thresh_opt:dense_sparsity", reference["per_module_sparsity"])
@@ -126,14 +128,17 @@ def run_study(run: StudyRun, executor: Any, on_trial: TrialCallback | None = Non
                    and not sampler_done() and not (running and must_wait())):
                 trial = study.ask(distributions)
                 running[trial.number] = trial
-                executor.submit(trial.number, dict(trial.params))
+                with interruptible():
+                    executor.submit(trial.number, dict(trial.params))
             if not running:
                 break  # the sampler is done (or must wait with nothing in flight: nothing more to do)
-            number, result = executor.next_result()
+            with interruptible():
+                number, result = executor.next_result()
             trial = running.pop(number)
             _tell(study, trial, result, names, cfg, dense)
             if on_trial is not None:
                 on_trial(study, study._storage.get_trial(trial._trial_id), result)
+            check()
     except KeyboardInterrupt:
         for trial in running.values():
             trial.set_user_attr("error", "interrupted by the user")
