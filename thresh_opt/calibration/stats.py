@@ -38,6 +38,38 @@ class ActivationStats:
 DEFAULT_LEVELS = [round(0.01 * i, 2) for i in range(1, 100)]
 
 
+class QuantileSums:
+    """An observer (see ThresholdedModel.observe) summing each token's |x| quantiles at the levels.
+
+    Args:
+        names: all site names, in site order.
+        levels: target sparsities.
+        device: where the sums live.
+        only: site indices to observe (default: all).
+    """
+
+    def __init__(self, names: list[str], levels: list[float], device: torch.device, only: set[int] | None = None) -> None:
+        self.names, self.levels, self.only = names, list(levels), only
+        self._q = torch.tensor(self.levels, device=device)
+        self._sums: dict[int, torch.Tensor] = {}
+        self._counts: dict[int, int] = {}
+
+    def __call__(self, i: int, x: torch.Tensor, mask: torch.Tensor | None) -> None:
+        """Add one site's tokens."""
+        if self.only is not None and i not in self.only:
+            return
+        per_token = torch.quantile(x.detach().abs().float().reshape(-1, x.shape[-1]), self._q, dim=-1)  # (levels, tokens)
+        if mask is not None:
+            per_token = per_token[:, mask.reshape(-1)]
+        self._sums[i] = self._sums.get(i, 0) + per_token.sum(dim=1).double()
+        self._counts[i] = self._counts.get(i, 0) + per_token.shape[1]
+
+    def result(self) -> ActivationStats:
+        """Mean quantiles of the observed sites."""
+        return ActivationStats(self.levels, {self.names[i]: (s / max(self._counts[i], 1)).tolist()
+                                             for i, s in sorted(self._sums.items())})
+
+
 @torch.no_grad()
 def activation_stats(
     tm: ThresholdedModel,
@@ -52,25 +84,14 @@ def activation_stats(
     procedure instead recomputes a module's statistics after every upstream choice.
     """
     device = next(tm.model.parameters()).device
-    q = torch.tensor(levels, device=device)
-    sums = [torch.zeros(len(levels), dtype=torch.float64, device=device) for _ in tm.names]
-    counts = [0] * len(tm.names)
-
-    def observe(i: int, x: torch.Tensor, mask: torch.Tensor | None) -> None:
-        per_token = torch.quantile(x.detach().abs().float().reshape(-1, x.shape[-1]), q, dim=-1)  # (levels, tokens)
-        if mask is not None:
-            per_token = per_token[:, mask.reshape(-1)]
-        sums[i] += per_token.sum(dim=1).double()
-        counts[i] += per_token.shape[1]
-
-    with tm.observe(observe):
+    sums = QuantileSums(tm.names, levels, device)
+    with tm.observe(sums):
         batches = chunks.split(batch_size)
         for done, batch in enumerate(batches, 1):
             tm(input_ids=batch.to(device))
             if on_batch is not None:
                 on_batch(done, len(batches))
-    thresholds = {n: (s / max(c, 1)).tolist() for n, s, c in zip(tm.names, sums, counts)}
-    return ActivationStats(list(levels), thresholds)
+    return sums.result()
 
 
 def model_fingerprint(model: torch.nn.Module) -> str:

@@ -10,6 +10,7 @@ from rich.markup import escape
 
 from thresh_opt.cli import calibrate as calibrate_cmd
 from thresh_opt.cli import evaluate as evaluate_cmd
+from thresh_opt.cli import greedy as greedy_cmd
 from thresh_opt.cli import hardware as hardware_cmd
 from thresh_opt.cli import model as model_cmd
 from thresh_opt.cli import study as study_cmd
@@ -29,6 +30,7 @@ def build_parser() -> argparse.ArgumentParser:
     hardware_cmd.register(groups)
     calibrate_cmd.register(groups)
     evaluate_cmd.register(groups)
+    greedy_cmd.register(groups)
     study_cmd.register(groups)
     return parser
 

@@ -1,0 +1,97 @@
+"""`thresh-opt greedy`: the published greedy search run directly on a model, paper or fast mode."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from thresh_opt.cli._common import add_model_options, console, emit_json, load_from_args
+from thresh_opt.cli.calibrate import add_calibration_options, spec_from_args
+from thresh_opt.errors import UserError
+
+
+def _levels(text: str) -> list[float]:
+    try:
+        levels = sorted({float(x) for x in text.split(",") if x.strip()})
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: comma-separated numbers, like 0.1,0.2,0.5") from None
+    if not levels or levels[0] <= 0 or levels[-1] >= 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: target sparsities must lie strictly between 0 and 1")
+    return levels
+
+
+def register(groups: argparse._SubParsersAction) -> None:
+    """Add the `greedy` command."""
+    p = groups.add_parser("greedy", help="run the published greedy threshold search on a model (paper or fast mode)")
+    add_model_options(p)
+    add_calibration_options(p)
+    p.set_defaults(count=8)
+    p.add_argument("--mode", choices=("fast", "paper", "both"), default="fast",
+                   help="fast (cached block inputs, default), paper (the published procedure) or both, compared")
+    p.add_argument("--loss-inc", type=float, default=1.0005, help="tolerance on loss / last accepted loss (default 1.0005)")
+    p.add_argument("--levels", type=_levels, help="candidate target sparsities (default 0.1,0.2,...,0.9)")
+    p.add_argument("--no-warm-start", action="store_true", help="plain scan from the lowest candidate for every module")
+    p.add_argument("--keep-first", action="store_true", help="the public code's quirk: keep a failing first candidate")
+    p.add_argument("--batch-size", type=int, default=8, help="chunks per forward call (default 8)")
+    p.add_argument("--output", type=Path, help="write the chosen thresholds (JSON) here, for `thresh-opt evaluate`")
+    p.add_argument("--json", action="store_true", help="one JSON object on stdout")
+    p.set_defaults(func=cmd_greedy)
+
+
+def cmd_greedy(args: argparse.Namespace) -> int:
+    """Search, then print the choices and the cost in forward-equivalents and seconds."""
+    from thresh_opt.calibration import calibration_chunks
+    from thresh_opt.greedy import greedy_search
+
+    if not args.loss_inc > 1.0:
+        raise UserError(f"--loss-inc: {args.loss_inc} must be > 1 (a ratio to the last accepted loss)")
+    if args.batch_size < 1:
+        raise UserError("--batch-size: must be >= 1")
+    spec = spec_from_args(args)
+    loaded = load_from_args(args)
+    chunks = calibration_chunks(loaded, spec, args.cache_dir)
+    modes = ["paper", "fast"] if args.mode == "both" else [args.mode]
+    results = {}
+    columns = [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn()]
+    for mode in modes:
+        with Progress(*columns, console=console, transient=True) as progress:
+            task = progress.add_task(f"greedy ({mode} mode)", total=len(loaded.thresholded.names))
+            results[mode] = greedy_search(
+                loaded.thresholded, chunks, mode, args.loss_inc, args.levels, not args.no_warm_start, args.keep_first,
+                args.batch_size, on_module=lambda m, n, _c: progress.update(task, completed=m + 1))
+    last = results[modes[-1]]
+    if args.output:
+        args.output.write_text(json.dumps(last.thresholds, indent=1))
+    comparison = _compare(results) if len(results) == 2 else None
+    if args.json:
+        emit_json({"model": loaded.source, "chunks": list(chunks.shape), "results": {m: r.to_dict() for m, r in results.items()},
+                   "comparison": comparison})
+        return 0
+    table = Table(title=f"{loaded.source}: greedy search, loss_inc {args.loss_inc} ({chunks.shape[0]} x {chunks.shape[1]} tokens)")
+    for col in ("mode", "loss ratio", "sparsity", "loss passes", "stats passes", "forward-equiv.", "seconds"):
+        table.add_column(col, justify="right")
+    for mode, r in results.items():
+        table.add_row(mode, f"{r.final_loss / r.dense_loss:.4f}", f"{r.sparsity:.1%}", str(r.cost.loss_passes),
+                      str(r.cost.stats_passes), f"{r.cost.forward_equivalents:.1f}", f"{r.seconds:.1f}")
+    console.print(table)
+    if comparison:
+        console.print(f"fast / paper: {comparison['fe_ratio']:.3f}x forward-equivalents, {comparison['time_ratio']:.3f}x time; "
+                      f"same choices: {comparison['same_choices']} ({comparison['differing_modules']} modules differ)",
+                      highlight=False)
+    if args.output:
+        console.print(f"thresholds: {args.output}", highlight=False)
+    return 0
+
+
+def _compare(results: dict[str, Any]) -> dict[str, Any]:
+    fast, paper = results["fast"], results["paper"]
+    differing = [n for n in fast.levels if fast.levels[n] != paper.levels[n]]
+    return {"fe_ratio": fast.cost.forward_equivalents / paper.cost.forward_equivalents,
+            "time_ratio": fast.seconds / paper.seconds, "same_choices": not differing,
+            "differing_modules": len(differing), "sparsity_points": 100 * (fast.sparsity - paper.sparsity),
+            "loss_ratio_difference": fast.final_loss / fast.dense_loss - paper.final_loss / paper.dense_loss}

@@ -1,0 +1,146 @@
+"""Where the greedy search gets its statistics and losses: the published way, or the fast way.
+
+Both answer the same two questions under the model's current thresholds: the statistics of module m
+(the per-token |x| quantiles at the candidate levels) and the calibration loss. The paper oracle runs
+one full pass for each. The fast oracle gets the same numbers with less work:
+
+- blocks before the one under search are skipped: their output over the calibration set is cached
+  (the thresholds upstream are fixed once the search enters a block);
+- every loss pass also records the next module's statistics and the next block's input, so when the
+  candidate is accepted, the next module needs no statistics pass and the next block no catch-up pass.
+
+Cost is counted in forward-equivalents (a full pass over the calibration set = 1) and seconds.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import torch
+
+from thresh_opt.calibration.stats import ActivationStats, QuantileSums
+from thresh_opt.models.prefix import PassResult, PrefixRunner
+from thresh_opt.models.thresholded import ThresholdedModel
+
+MODES = ("fast", "paper")
+
+
+@dataclass
+class Cost:
+    """Work done so far, by purpose."""
+
+    stats_passes: int = 0
+    stats_fe: float = 0.0
+    loss_passes: int = 0
+    loss_fe: float = 0.0
+    other_fe: float = 0.0  # catch-up passes that only fill the block cache
+    seconds: float = 0.0
+
+    @property
+    def forward_equivalents(self) -> float:
+        """All work, in full passes over the calibration set."""
+        return self.stats_fe + self.loss_fe + self.other_fe
+
+
+class PaperOracle:
+    """The published procedure: a full pass per statistics request and per loss."""
+
+    def __init__(self, tm: ThresholdedModel, chunks: torch.Tensor, levels: list[float], batch_size: int = 8) -> None:
+        self.tm, self.levels = tm, list(levels)
+        self.runner = PrefixRunner(tm, chunks, batch_size)
+        self.cost = Cost()
+
+    def _pass(self, observe: int | None = None, start: int = 0, stop: int | None = None,
+              capture: int | None = None) -> tuple[PassResult, ActivationStats | None]:
+        began = time.perf_counter()
+        sums = QuantileSums(self.tm.names, self.levels, self.runner.device, {observe}) if observe is not None else None
+        if sums is not None:
+            with self.tm.observe(sums):
+                result = self.runner.run(start, stop, capture)
+        else:
+            result = self.runner.run(start, stop, capture)
+        self.cost.seconds += time.perf_counter() - began
+        return result, (sums.result() if sums is not None else None)
+
+    def stats(self, m: int) -> ActivationStats:
+        """Statistics of module m under the current thresholds."""
+        result, stats = self._pass(observe=m)
+        self.cost.stats_passes += 1
+        self.cost.stats_fe += result.cost
+        return stats
+
+    def loss(self, m: int | None) -> float:
+        """Calibration loss under the current thresholds (m: the module under search; None: dense)."""
+        result, _ = self._pass()
+        self.cost.loss_passes += 1
+        self.cost.loss_fe += result.cost
+        return result.loss
+
+    def accept(self, m: int | None, evaluation: int | None) -> None:
+        """The evaluation (index into this module's loss calls; None: none) is the new reference."""
+
+
+class FastOracle(PaperOracle):
+    """Same answers as PaperOracle, computed from cached block inputs and piggy-backed statistics."""
+
+    def __init__(self, tm: ThresholdedModel, chunks: torch.Tensor, levels: list[float], batch_size: int = 8) -> None:
+        super().__init__(tm, chunks, levels, batch_size)
+        self.sites = tm.sites
+        self._ref: tuple[dict[int, ActivationStats], int | None, list[torch.Tensor]] = ({}, None, [])
+        self._module_evals: list[tuple[dict[int, ActivationStats], int | None, list[torch.Tensor]]] = []
+
+    def _block(self, m: int) -> int:
+        return self.sites[m].block
+
+    def _enter(self, block: int) -> None:
+        """Make the runner's cache hold `block`'s input under the current (fixed upstream) thresholds."""
+        if self.runner.cached_block == block:
+            return
+        _, captured_block, inputs = self._ref
+        if captured_block == block:
+            self.runner.adopt(block, inputs)
+            return
+        result, _ = self._pass(start=self.runner.cached_block, stop=block, capture=block)
+        self.cost.other_fe += result.cost
+        self.runner.adopt(block, result.captured)
+
+    def stats(self, m: int) -> ActivationStats:
+        """Statistics of module m: from the reference pass when it recorded them, else a partial pass."""
+        self._enter(self._block(m))
+        self._module_evals = []
+        known = self._ref[0].get(m)
+        if known is not None:
+            return known
+        b = self._block(m)
+        result, stats = self._pass(observe=m, start=b, stop=b + 1 if b + 1 < self.runner.n_blocks else None)
+        self.cost.stats_passes += 1
+        self.cost.stats_fe += result.cost
+        return stats
+
+    def loss(self, m: int | None) -> float:
+        """Calibration loss from module m's block on; records module m+1's statistics and the next
+        block's input in case this evaluation becomes the reference."""
+        start = 0 if m is None else self._block(m)
+        nxt = 0 if m is None else m + 1
+        capture = start + 1 if start + 1 < self.runner.n_blocks else None
+        result, stats = self._pass(observe=nxt if nxt < len(self.sites) else None, start=start, capture=capture)
+        self.cost.loss_passes += 1
+        self.cost.loss_fe += result.cost
+        observed = {nxt: stats} if stats is not None else {}
+        self._module_evals.append((observed, capture, result.captured))
+        return result.loss
+
+    def accept(self, m: int | None, evaluation: int | None) -> None:
+        """Keep what the accepted evaluation recorded; with none accepted the reference is unchanged."""
+        if evaluation is not None:
+            self._ref = self._module_evals[evaluation]
+        self._module_evals = []
+
+
+def make_oracle(mode: str, tm: ThresholdedModel, chunks: torch.Tensor, levels: list[float],
+                batch_size: int = 8) -> PaperOracle:
+    """The oracle for a mode name."""
+    if mode not in MODES:
+        raise ValueError(f"greedy mode {mode!r}; allowed: {', '.join(MODES)}")
+    return (FastOracle if mode == "fast" else PaperOracle)(tm, chunks, levels, batch_size)
