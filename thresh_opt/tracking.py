@@ -41,7 +41,52 @@ def package_versions() -> dict[str, str]:
     return out
 
 
-class StudyTracker:
+class _Tracker:
+    """An MLflow experiment with one parent run (found again by its role tag when resuming)."""
+
+    role = "study"
+
+    def __init__(self, tracking_uri: str | None, run_dir: Path, name: str) -> None:
+        from mlflow.tracking import MlflowClient
+
+        self.uri = tracking_uri or default_tracking_uri(run_dir)
+        self.client = MlflowClient(tracking_uri=self.uri)
+        try:
+            exp = self.client.get_experiment_by_name(name)
+            if exp is None:
+                location = None if tracking_uri else (run_dir / "mlartifacts").resolve().as_uri()
+                exp_id = self.client.create_experiment(name, artifact_location=location)
+            else:
+                exp_id = exp.experiment_id
+        except Exception as exc:  # noqa: BLE001 - unreachable server, bad URI: one line
+            raise UserError(f"MLflow tracking URI {self.uri!r}: {str(exc).splitlines()[0]}") from None
+        self.experiment_id = exp_id
+        parents = self.client.search_runs([exp_id], f"tags.thresh_opt_role = '{self.role}'", max_results=1)
+        if parents:
+            self.parent = parents[0].info.run_id
+            self.client.update_run(self.parent, status="RUNNING")
+        else:
+            run = self.client.create_run(exp_id, run_name=name, tags={"thresh_opt_role": self.role})
+            self.parent = run.info.run_id
+
+    def children(self) -> list[Any]:
+        """The nested runs of the parent."""
+        return self.client.search_runs([self.experiment_id], f"tags.`mlflow.parentRunId` = '{self.parent}'",
+                                       max_results=50000)
+
+    def log_artifacts(self, files: list[Path], metrics: dict[str, float] | None = None, folder: str = "study") -> None:
+        """Artifacts (plots, front, report) and summary metrics on the parent run."""
+        for f in files:
+            self.client.log_artifact(self.parent, str(f), folder)
+        for k, v in (metrics or {}).items():
+            self.client.log_metric(self.parent, k, float(v))
+
+    def finish(self, status: str = "FINISHED") -> None:
+        """Close the parent run."""
+        self.client.set_terminated(self.parent, status=status)
+
+
+class StudyTracker(_Tracker):
     """Logs a study to MLflow; resuming a study reuses its parent run and skips trials already logged.
 
     Args:
@@ -51,29 +96,8 @@ class StudyTracker:
     """
 
     def __init__(self, tracking_uri: str | None, run_dir: Path, study_name: str) -> None:
-        from mlflow.tracking import MlflowClient
-
-        self.uri = tracking_uri or default_tracking_uri(run_dir)
-        self.client = MlflowClient(tracking_uri=self.uri)
-        try:
-            exp = self.client.get_experiment_by_name(study_name)
-            if exp is None:
-                location = None if tracking_uri else (run_dir / "mlartifacts").resolve().as_uri()
-                exp_id = self.client.create_experiment(study_name, artifact_location=location)
-            else:
-                exp_id = exp.experiment_id
-        except Exception as exc:  # noqa: BLE001 - unreachable server, bad URI: one line
-            raise UserError(f"MLflow tracking URI {self.uri!r}: {str(exc).splitlines()[0]}") from None
-        self.experiment_id = exp_id
-        parents = self.client.search_runs([exp_id], "tags.thresh_opt_role = 'study'", max_results=1)
-        if parents:
-            self.parent = parents[0].info.run_id
-            self.client.update_run(self.parent, status="RUNNING")
-        else:
-            run = self.client.create_run(exp_id, run_name=study_name, tags={"thresh_opt_role": "study"})
-            self.parent = run.info.run_id
-        logged = self.client.search_runs([exp_id], f"tags.`mlflow.parentRunId` = '{self.parent}'", max_results=50000)
-        self.logged = {int(r.data.tags["trial_number"]) for r in logged if "trial_number" in r.data.tags}
+        super().__init__(tracking_uri, run_dir, study_name)
+        self.logged = {int(r.data.tags["trial_number"]) for r in self.children() if "trial_number" in r.data.tags}
 
     def log_study(self, study_file: Path | None, cfg: dict[str, Any], sampler: str, seed: int) -> None:
         """Parameters of the parent run: the study file, sampler, seed, git commit and package versions."""
@@ -111,16 +135,48 @@ class StudyTracker:
         self.client.set_terminated(run.info.run_id, status="FINISHED" if state == "COMPLETE" else "FAILED")
         self.logged.add(number)
 
-    def log_artifacts(self, files: list[Path], metrics: dict[str, float] | None = None) -> None:
-        """Study artifacts (plots, front) and summary metrics on the parent run."""
-        for f in files:
-            self.client.log_artifact(self.parent, str(f), "study")
-        for k, v in (metrics or {}).items():
-            self.client.log_metric(self.parent, k, float(v))
 
-    def finish(self, status: str = "FINISHED") -> None:
-        """Close the parent run."""
-        self.client.set_terminated(self.parent, status=status)
+class CompareTracker(_Tracker):
+    """Logs a comparison: one parent run, a nested run per (sampler, seed) study with its hypervolume
+    history and summary; resuming updates the same runs."""
+
+    role = "compare"
+
+    def log_compare(self, source: Path, cfg: dict[str, Any]) -> None:
+        """The comparison file and settings on the parent run."""
+        from mlflow.entities import Param
+
+        existing = self.client.get_run(self.parent).data.params
+        params = {"trials": str(cfg["trials"]), "seeds": json.dumps(cfg["seeds"]), "git_commit": git_commit(),
+                  "samplers": ",".join(e["label"] or e["name"] for e in cfg["samplers"])}
+        params |= {f"version.{k}": v for k, v in package_versions().items()}
+        new = [Param(k, v) for k, v in params.items() if k not in existing]
+        if new:
+            self.client.log_batch(self.parent, params=new)
+        self.client.log_text(self.parent, json.dumps(cfg, indent=1), "compare.json")
+        if source.is_file():
+            self.client.log_artifact(self.parent, str(source))
+
+    def log_study(self, study: str, params: dict[str, Any], metrics: dict[str, float], history: list[float]) -> None:
+        """Create or update the nested run of one study; history steps already logged are not repeated."""
+        from mlflow.entities import Metric, Param
+
+        found = [r for r in self.children() if r.data.tags.get("thresh_opt_study") == study]
+        if found:
+            run_id = found[0].info.run_id
+            logged = len(self.client.get_metric_history(run_id, "hypervolume"))
+            new_params: list[Param] = []
+        else:
+            run_id = self.client.create_run(self.experiment_id, run_name=study, tags={
+                "mlflow.parentRunId": self.parent, "thresh_opt_study": study}).info.run_id
+            logged = 0
+            new_params = [Param(k, str(v)) for k, v in params.items()]
+        now = int(time.time() * 1000)
+        batch = [Metric("hypervolume", float(v), now, step) for step, v in enumerate(history, 1) if step > logged]
+        batch += [Metric(k, float(v), now, 0) for k, v in metrics.items()]
+        for i in range(0, max(len(batch), 1), 900):  # MLflow takes at most 1000 metrics per batch
+            self.client.log_batch(run_id, metrics=batch[i : i + 900], params=new_params if i == 0 else [])
+        self.client.set_terminated(run_id, status="FINISHED")
 
 
 def temp_folder() -> Path:

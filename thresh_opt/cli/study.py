@@ -10,8 +10,10 @@ from typing import Any
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from thresh_opt.cli import compare as compare_cmd
 from thresh_opt.cli._common import console, emit_json
 from thresh_opt.errors import UserError
+from thresh_opt.study.config import NEEDS_LEVELS, SAMPLERS
 
 
 def register(groups: argparse._SubParsersAction) -> None:
@@ -20,7 +22,7 @@ def register(groups: argparse._SubParsersAction) -> None:
     verbs = group.add_subparsers(dest="verb", metavar="VERB", required=True)
     run = verbs.add_parser("run", help="run (or resume) a study; no file: the default embedded RWKV-4 study")
     run.add_argument("study", nargs="?", type=Path, metavar="STUDY.yaml")
-    run.add_argument("--sampler", choices=["greedy", "tpe", "nsga2", "nsga3", "random", "gp"])
+    run.add_argument("--sampler", choices=list(SAMPLERS))
     run.add_argument("--trials", type=int, help="total trials in the study (a resumed study counts earlier ones)")
     run.add_argument("--workers", type=int, help="parallel trials; more than 1 runs Ray actors")
     run.add_argument("--seed", type=int)
@@ -30,6 +32,7 @@ def register(groups: argparse._SubParsersAction) -> None:
     run.add_argument("--tracking-uri", help="MLflow tracking URI (default: SQLite in the run folder)")
     run.add_argument("--json", action="store_true", help="one JSON object (the Pareto front) on stdout")
     run.set_defaults(func=cmd_run)
+    compare_cmd.register_verb(verbs)
     show = verbs.add_parser("show", help="the trials and Pareto front of a stored study")
     _locate(show)
     show.add_argument("--json", action="store_true")
@@ -65,8 +68,8 @@ def _overridden(args: argparse.Namespace):  # noqa: ANN202
     cfg = cfg.model_copy(update=updates)
     if args.sampler:
         cfg = cfg.model_copy(update={"sampler": cfg.sampler.model_copy(update={"name": args.sampler, "options": {}})})
-        if args.sampler == "greedy" and space.level_list() is None:
-            raise UserError("--sampler greedy needs a discrete search space (levels), not a range")
+        if args.sampler in NEEDS_LEVELS and space.level_list() is None:
+            raise UserError(f"--sampler {args.sampler} needs a discrete search space (levels), not a range")
     return cfg, space
 
 

@@ -1,5 +1,7 @@
-"""Samplers for threshold studies: the published sequential greedy search as an Optuna sampler."""
+"""Samplers for threshold studies: the published sequential greedy search as an Optuna sampler, and a
+hybrid whose greedy passes seed NSGA-II or TPE."""
 
 from thresh_opt.samplers._greedy import GreedySampler
+from thresh_opt.samplers._hybrid import HybridSampler
 
-__all__ = ["GreedySampler"]
+__all__ = ["GreedySampler", "HybridSampler"]

@@ -15,6 +15,9 @@ if TYPE_CHECKING:
 
 # Module order of the greedy search: front to back as published, or back to front.
 GREEDY_ORDERS = ("forward", "reverse")
+# The hybrid's own options; the rest go to its greedy sampler.
+HYBRID_OPTIONS = {"base": "nsga2", "base_options": {}, "greedy_share": 0.5, "loss_inc": [1.001, 1.003, 1.01]}
+HYBRID_BASES = ("nsga2", "nsga3", "tpe", "random", "gp")
 
 
 def population_for_budget(trials: int) -> int:
@@ -44,9 +47,31 @@ def sampler_class(name: str) -> type:
     }[name]
 
 
+def _hybrid_parts(options: dict[str, Any], source: str) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(hybrid settings, greedy options), checked."""
+    own = {k: options.get(k, v) for k, v in HYBRID_OPTIONS.items()}
+    greedy = {k: v for k, v in options.items() if k not in HYBRID_OPTIONS}
+    greedy.setdefault("loss_inc", own.pop("loss_inc"))
+    own.pop("loss_inc", None)
+    if own["base"] not in HYBRID_BASES:
+        raise ConfigError(source, "sampler.options.base", f"{own['base']!r}; allowed: {', '.join(HYBRID_BASES)}")
+    share = own["greedy_share"]
+    if isinstance(share, bool) or not isinstance(share, (int, float)) or not 0 <= share <= 1:
+        raise ConfigError(source, "sampler.options.greedy_share", f"{share!r}; allowed: a number from 0 to 1")
+    if not isinstance(own["base_options"], dict):
+        raise ConfigError(source, "sampler.options.base_options", "a mapping of options of the base sampler")
+    return own, greedy
+
+
 def check_sampler_options(cfg: SamplerConfig, source: str) -> None:
     """Fail early, before any model loads, on an option the sampler does not have."""
     options = dict(cfg.options)
+    if cfg.name == "hybrid":
+        own, greedy = _hybrid_parts(options, source)
+        greedy.pop("order", None)
+        _check(sampler_class("greedy"), greedy, source)
+        _check(sampler_class(own["base"]), own["base_options"], source + " (base_options)")
+        return
     if cfg.name == "greedy" and options.pop("order", "forward") not in GREEDY_ORDERS:
         raise ConfigError(source, "sampler.options.order", f"{cfg.options['order']!r}; allowed: {', '.join(GREEDY_ORDERS)}")
     _check(sampler_class(cfg.name), options, source)
@@ -65,9 +90,17 @@ def make_sampler(
 ) -> optuna.samplers.BaseSampler:
     """The configured sampler; `candidates` (parameter -> discrete levels) is needed by the greedy sampler."""
     options = dict(cfg.options)
-    if cfg.name == "greedy":
+    if cfg.name == "hybrid":
+        from thresh_opt.samplers import HybridSampler
+        from thresh_opt.study.config import SamplerConfig as _Cfg
+
+        own, greedy_options = _hybrid_parts(options, source)
+        greedy = make_sampler(_Cfg(name="greedy", options=greedy_options), candidates, seed, trials, source)
+        base = make_sampler(_Cfg(name=own["base"], options=own["base_options"]), candidates, seed, trials, source)
+        return HybridSampler(greedy, base, greedy_trials=int(round(own["greedy_share"] * trials)))
+    if cfg.name in ("greedy",):
         if candidates is None:
-            raise ConfigError(source, "sampler.name", "the greedy sampler needs a discrete search space")
+            raise ConfigError(source, "sampler.name", f"the {cfg.name} sampler needs a discrete search space")
         order = options.pop("order", "forward")
         if order not in GREEDY_ORDERS:
             raise ConfigError(source, "sampler.options.order", f"{order!r}; allowed: {', '.join(GREEDY_ORDERS)}")

@@ -19,7 +19,8 @@ LEVEL_LISTS = {
     "linear": [0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9],
     "geometric": [0.0, 0.80, 0.87, 0.92, 0.94, 0.96, 0.98, 0.99],
 }
-SAMPLERS = ("greedy", "tpe", "nsga2", "nsga3", "random", "gp")
+SAMPLERS = ("greedy", "hybrid", "tpe", "nsga2", "nsga3", "random", "gp")
+NEEDS_LEVELS = ("greedy", "hybrid")  # samplers that walk a discrete candidate list
 
 
 class _Strict(BaseModel):
@@ -97,7 +98,7 @@ class ConstraintConfig(_Strict):
 class SamplerConfig(_Strict):
     """An Optuna sampler by name with its options (passed to its constructor)."""
 
-    name: Literal["greedy", "tpe", "nsga2", "nsga3", "random", "gp"] = "greedy"
+    name: Literal["greedy", "hybrid", "tpe", "nsga2", "nsga3", "random", "gp"] = "greedy"
     options: dict[str, Any] = Field(default_factory=dict)
 
 
@@ -172,6 +173,6 @@ def load_study(path: Path | None = None) -> tuple[StudyConfig, SearchSpaceConfig
     from thresh_opt.samplers.factory import check_sampler_options
 
     check_sampler_options(cfg.sampler, str(path))
-    if cfg.sampler.name == "greedy" and space.range is not None:
-        raise ConfigError(str(path), "sampler.name", "the greedy sampler needs a discrete search space (levels), not a range")
+    if cfg.sampler.name in NEEDS_LEVELS and space.range is not None:
+        raise ConfigError(str(path), "sampler.name", f"the {cfg.sampler.name} sampler needs a discrete search space (levels), not a range")
     return cfg, space

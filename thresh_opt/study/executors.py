@@ -23,6 +23,9 @@ class Executor(Protocol):
     def next_result(self) -> tuple[int, TrialResult]:
         """Block until one submitted trial is done."""
 
+    def set_space(self, space_cfg: SearchSpaceConfig) -> None:
+        """Switch the search space of later trials."""
+
     def dense(self) -> dict[str, Any]:
         """The dense model's objective values and per-module sparsity."""
 
@@ -50,6 +53,10 @@ class SerialExecutor:
     def next_result(self) -> tuple[int, TrialResult]:
         """The oldest finished trial."""
         return self._done.pop(0)
+
+    def set_space(self, space_cfg: SearchSpaceConfig) -> None:
+        """Switch the search space of later trials."""
+        self.worker.set_space(space_cfg)
 
     def dense(self) -> dict[str, Any]:
         """The dense reference from the worker."""
@@ -107,6 +114,12 @@ class RayExecutor:
         number, actor = self._inflight.pop(ready[0])
         self._idle.append(actor)
         return number, self._ray.get(ready[0])
+
+    def set_space(self, space_cfg: SearchSpaceConfig) -> None:
+        """Switch the search space of later trials, on every actor."""
+        if self._inflight:
+            raise RuntimeError("cannot switch the search space with trials in flight")
+        self._ray.get([a.set_space.remote(space_cfg) for a in self.actors])
 
     def dense(self) -> dict[str, Any]:
         """The dense reference from the first actor."""

@@ -45,6 +45,12 @@ class TrialWorker:
                                    limit=cfg.limit, profile=cfg.profile)
         self.stats = cached_activation_stats(self.loaded, cfg.calibration)
 
+    def set_space(self, space_cfg: SearchSpaceConfig) -> None:
+        """Map later trials' parameters through another search space (a comparison switches spaces)."""
+        from thresh_opt.study.space import SearchSpace
+
+        self.space = SearchSpace.build(space_cfg, self.loaded.thresholded.sites)
+
     def dense(self) -> dict[str, Any]:
         """The dense model's objective values and per-module sparsity (computed once per worker)."""
         return {"values": dict(self.evaluator.dense.values), "per_module_sparsity": self.evaluator.dense.per_module_sparsity}

@@ -1,0 +1,138 @@
+"""`thresh-opt study compare`: samplers x seeds on one model, with a report, plots and MLflow runs."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from thresh_opt.cli._common import console, emit_json
+from thresh_opt.errors import ConfigError, UserError
+
+
+def register_verb(verbs: argparse._SubParsersAction) -> None:
+    """Add `study compare`."""
+    p = verbs.add_parser("compare", help="compare samplers x seeds on equal budgets (resumable); "
+                         "no file: studies/compare-embedded.yaml")
+    p.add_argument("compare", nargs="?", type=Path, metavar="COMPARE.yaml")
+    p.add_argument("--trials", type=int, help="budget per study (budgets beyond it are dropped)")
+    p.add_argument("--seeds", type=lambda s: [int(x) for x in s.split(",")], help="comma-separated seeds")
+    p.add_argument("--only", help="comma-separated sampler labels to run (the report covers those run)")
+    p.add_argument("--workers", type=int, help="parallel trials; more than 1 runs Ray actors")
+    p.add_argument("--ray-address", help="join an existing Ray cluster")
+    p.add_argument("--run-dir", type=Path, help="run folder (default runs/<comparison name>)")
+    p.add_argument("--tracking-uri", help="MLflow tracking URI (default: SQLite in the run folder)")
+    p.add_argument("--json", action="store_true", help="one JSON object (the summary table) on stdout")
+    p.set_defaults(func=cmd_compare)
+
+
+def _load(args: argparse.Namespace) -> tuple[Any, Any, list[Any], Path]:
+    from thresh_opt.study.compare import DEFAULT_COMPARE, load_compare
+
+    source = args.compare or DEFAULT_COMPARE
+    overrides: dict[str, Any] = {k: getattr(args, k) for k in ("trials", "seeds", "workers", "tracking_uri")
+                                 if getattr(args, k) is not None}
+    if args.run_dir is not None:
+        overrides["run_dir"] = str(args.run_dir)
+    if args.trials is not None:
+        from thresh_opt.config import load_yaml
+
+        budgets = (load_yaml(source) or {}).get("budgets") if source.is_file() else None
+        if isinstance(budgets, list):  # budgets beyond the new trial count are dropped
+            overrides["budgets"] = [b for b in budgets if isinstance(b, int) and b <= args.trials] or [args.trials]
+    try:
+        ccfg, template, contenders = load_compare(source, overrides, args.ray_address)
+    except ConfigError as exc:
+        if exc.field.split(".")[0] in overrides:
+            raise UserError(f"--{exc.field.split('.')[0].replace('_', '-')}: {exc.problem}") from None
+        raise
+    if args.only:
+        wanted = args.only.split(",")
+        unknown = [w for w in wanted if w not in {c.label for c in contenders}]
+        if unknown:
+            raise UserError(f"--only: no sampler labelled {unknown[0]!r}; labels: "
+                            f"{', '.join(dict.fromkeys(c.label for c in contenders))}")
+        contenders = [c for c in contenders if c.label in wanted]
+    return ccfg, template, contenders, source
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    """Run (or resume) every study of a comparison, then write the report."""
+    from thresh_opt.interrupts import deferred_interrupts
+
+    with deferred_interrupts():
+        return _compare(args)
+
+
+def _compare(args: argparse.Namespace) -> int:
+    from thresh_opt.interrupts import interruptible
+    from thresh_opt.study import report
+    from thresh_opt.study.compare import compare_run_dir, run_contender
+    from thresh_opt.study.executors import RayExecutor, SerialExecutor
+    from thresh_opt.tracking import CompareTracker
+
+    ccfg, template, contenders, source = _load(args)
+    run_dir = compare_run_dir(ccfg)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    tracker = CompareTracker(ccfg.tracking_uri or template.tracking_uri, run_dir, ccfg.name)
+    tracker.log_compare(source, ccfg.model_dump())
+    first = contenders[0]
+    with console.status(f"loading {template.model.source}"), interruptible():
+        workers, address = first.cfg.workers, first.cfg.ray_address
+        executor = (RayExecutor(first.cfg, first.space, workers, address) if workers > 1 or address
+                    else SerialExecutor(first.cfg, first.space))
+    studies = []
+    status = "FAILED"
+    columns = [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+               TextColumn("{task.fields[status]}")]
+    try:
+        with Progress(*columns, console=console, transient=True) as progress:
+            overall = progress.add_task(f"{ccfg.name}", total=len(contenders), status="")
+            for i, c in enumerate(contenders):
+                task = progress.add_task(f"  {c.label} seed {c.seed}", total=ccfg.trials, status="")
+
+                def on_trial(study: Any, trial: Any, result: Any, task: int = task) -> None:
+                    done = sum(1 for t in study.get_trials(deepcopy=False) if t.state.is_finished())
+                    progress.update(task, completed=done)
+
+                study = run_contender(c, run_dir, executor, str(source), on_trial)
+                progress.remove_task(task)
+                progress.update(overall, completed=i + 1, status=f"{c.study_name} done")
+                studies.append((c.label, c.seed, study))
+                s = report.summarize(c.label, c.seed, study, ccfg.trials)
+                tracker.log_study(c.study_name, {"sampler": c.cfg.sampler.name, "label": c.label, "seed": c.seed,
+                                                 "options": c.cfg.sampler.options, "trials": ccfg.trials},
+                                  {**{f"hv_at_{b}": s.hv_at(b) for b in ccfg.budgets}, "front_size": s.front_size,
+                                   "evaluations": s.evaluations, "wall_seconds": s.wall_seconds}, s.history)
+        status = "FINISHED"
+    except KeyboardInterrupt:
+        status = "KILLED"
+        raise
+    finally:
+        executor.close()
+        if status != "FINISHED":
+            tracker.finish(status)
+    files, rows, _ = report.write_report(ccfg, studies, run_dir / "report", str(source))
+    tracker.log_artifacts(files, folder="report")
+    tracker.finish("FINISHED")
+    if args.json:
+        emit_json({"compare": ccfg.name, "run_dir": str(run_dir), "report": str(run_dir / "report" / "report.md"),
+                   "budgets": ccfg.budgets, "rows": rows})
+        return 0
+    _print(ccfg, rows, run_dir)
+    return 0
+
+
+def _print(ccfg: Any, rows: list[dict[str, Any]], run_dir: Path) -> None:
+    table = Table(title=f"{ccfg.name}: hypervolume at budgets (mean ± std over seeds)")
+    for col in ["sampler", "seeds", *(f"HV @{b}" for b in ccfg.budgets), "front", "evals", "wall s"]:
+        table.add_column(col, justify="right")
+    for r in rows:
+        cells = [f"{r[f'hv@{b}']['mean']:.4g} ± {r[f'hv@{b}']['std']:.2g}" for b in ccfg.budgets]
+        table.add_row(r["sampler"], str(r["seeds"]), *cells, f"{r['front_size']:.1f}", f"{r['evaluations']:.0f}",
+                      f"{r['wall_seconds']:.0f}")
+    console.print(table)
+    console.print(f"report: {run_dir / 'report' / 'report.md'}   MLflow UI: thresh-opt ui {run_dir}", highlight=False)

@@ -1,0 +1,159 @@
+"""Comparing search strategies: samplers x seeds on one model, equal budgets, the same baselines.
+
+Every (sampler, seed) pair is an ordinary study in the comparison's journal, so a comparison resumes
+like a study does, and each one can be opened with `thresh-opt study show`. The model is loaded once
+and shared by all of them; the hypervolume reference point comes from the dense model, which is the
+same for every study.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import optuna
+from optuna.trial import TrialState
+from pydantic import Field, field_validator, model_validator
+
+from thresh_opt.config import load_yaml, validate
+from thresh_opt.errors import ConfigError
+from thresh_opt.study.config import (
+    NEEDS_LEVELS,
+    REPO_DIR,
+    SamplerConfig,
+    SearchSpaceConfig,
+    StudyConfig,
+    _Strict,
+    load_space,
+    load_study,
+)
+from thresh_opt.study.driver import StudyRun, TrialCallback, run_study
+
+DEFAULT_COMPARE = REPO_DIR / "studies" / "compare-embedded.yaml"
+WALL_ATTR = "thresh_opt:wall_seconds"
+DETERMINISTIC = ("greedy",)  # samplers whose trials do not depend on the seed: run once
+
+
+class CompareEntry(_Strict):
+    """One contender: a sampler with its options, optionally on its own search space."""
+
+    label: str | None = Field(None, pattern=r"^[A-Za-z0-9_.-]+$")
+    name: Literal["greedy", "hybrid", "tpe", "nsga2", "nsga3", "random", "gp"]
+    options: dict[str, Any] = Field(default_factory=dict)
+    search_space: str | None = None
+
+    @property
+    def key(self) -> str:
+        """The label, or the sampler name."""
+        return self.label or self.name
+
+
+class CompareConfig(_Strict):
+    """Samplers x seeds on the template study's model, calibration, objectives and baselines."""
+
+    name: str = Field("compare", pattern=r"^[A-Za-z0-9_.-]+$")
+    study: str  # the template study file, relative to this file
+    samplers: list[CompareEntry] = Field(min_length=1)
+    seeds: list[int] = Field(default_factory=lambda: [0, 1, 2], min_length=1)
+    trials: int = Field(60, ge=1)
+    budgets: list[int] = Field(default_factory=list)  # trial counts to report hypervolume at
+    search_space: str | None = None  # for every entry without its own (default: the template's)
+    workers: int | None = Field(None, ge=1)
+    run_dir: str | None = None
+    tracking_uri: str | None = None
+
+    @field_validator("budgets")
+    @classmethod
+    def _positive(cls, v: list[int]) -> list[int]:
+        if any(b < 1 for b in v):
+            raise ValueError("budgets are trial counts >= 1")
+        return sorted(set(v))
+
+    @model_validator(mode="after")
+    def _checks(self) -> CompareConfig:
+        keys = [e.key for e in self.samplers]
+        if len(set(keys)) != len(keys):
+            raise ValueError("two samplers share a label: give each a distinct `label`")
+        if not self.budgets:
+            self.budgets = sorted({max(1, self.trials // 4), max(1, self.trials // 2), self.trials})
+        if self.budgets[-1] > self.trials:
+            raise ValueError(f"a budget ({self.budgets[-1]}) exceeds trials ({self.trials})")
+        return self
+
+
+@dataclass
+class Contender:
+    """One (sampler, seed) study of a comparison."""
+
+    label: str
+    seed: int
+    cfg: StudyConfig
+    space: SearchSpaceConfig
+
+    @property
+    def study_name(self) -> str:
+        """Its study name in the journal."""
+        return self.cfg.name
+
+
+def load_compare(path: Path, overrides: dict[str, Any] | None = None,
+                 ray_address: str | None = None) -> tuple[CompareConfig, StudyConfig, list[Contender]]:
+    """Validate a comparison file (with command-line overrides) and build its studies, all before any
+    model loads."""
+    data = load_yaml(path)
+    if isinstance(data, dict) and overrides:
+        data = {**data, **overrides}
+    ccfg = validate(data, CompareConfig, str(path))
+    template, template_space = load_study((path.parent / ccfg.study).resolve())
+    default_space = load_space((path.parent / ccfg.search_space).resolve()) if ccfg.search_space else template_space
+    from thresh_opt.samplers.factory import check_sampler_options
+
+    contenders = []
+    for i, entry in enumerate(ccfg.samplers):
+        sampler = SamplerConfig(name=entry.name, options=entry.options)
+        try:
+            check_sampler_options(sampler, str(path))
+        except ConfigError as exc:
+            raise ConfigError(str(path), exc.field.replace("sampler.", f"samplers.{i}.", 1), exc.problem) from None
+        space = load_space((path.parent / entry.search_space).resolve()) if entry.search_space else default_space
+        if entry.name in NEEDS_LEVELS and space.level_list() is None:
+            raise ConfigError(str(path), f"samplers.{i}.search_space", f"the {entry.name} sampler needs discrete levels")
+        seeds = ccfg.seeds[:1] if entry.name in DETERMINISTIC else ccfg.seeds
+        for seed in seeds:
+            cfg = template.model_copy(update={
+                "name": f"{ccfg.name}.{entry.key}.s{seed}", "sampler": sampler, "seed": seed, "trials": ccfg.trials,
+                "workers": ccfg.workers or template.workers, "storage": None, "run_dir": None,
+                "ray_address": ray_address or template.ray_address,
+                "tracking_uri": ccfg.tracking_uri or template.tracking_uri})
+            contenders.append(Contender(entry.key, seed, cfg, space))
+    return ccfg, template, contenders
+
+
+def compare_run_dir(ccfg: CompareConfig) -> Path:
+    """runs/<comparison name> under the repository (or the configured folder)."""
+    return Path(ccfg.run_dir) if ccfg.run_dir else REPO_DIR / "runs" / ccfg.name
+
+
+def run_contender(c: Contender, run_dir: Path, executor: Any, source: str,
+                  on_trial: TrialCallback | None = None) -> optuna.Study:
+    """Run (or resume) one contender's study on a shared executor; wall time adds up over resumes."""
+    cfg = c.cfg.model_copy(update={"storage": str(run_dir / "optuna.journal")})
+    run = StudyRun(cfg, c.space, run_dir / "studies" / c.study_name, source=source)
+    executor.set_space(c.space)
+    began = time.perf_counter()
+    try:
+        study = run_study(run, executor, on_trial)
+    finally:
+        try:
+            existing = optuna.load_study(study_name=cfg.name, storage=run.storage())
+            existing.set_user_attr(WALL_ATTR, existing.user_attrs.get(WALL_ATTR, 0.0) + time.perf_counter() - began)
+        except KeyError:
+            pass
+    return study
+
+
+def evaluations(study: optuna.Study) -> int:
+    """Trials evaluated (complete or failed)."""
+    return len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.FAIL)))

@@ -1,0 +1,168 @@
+"""A comparison's results: hypervolume at budgets (mean and spread over seeds), fronts, plots, Markdown."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import optuna
+
+from thresh_opt import analysis
+from thresh_opt.study.compare import WALL_ATTR, CompareConfig, evaluations
+
+
+@dataclass
+class StudySummary:
+    """One (sampler, seed) study, measured."""
+
+    label: str
+    seed: int
+    study: str
+    history: list[float]  # hypervolume after each finished trial, baselines included
+    evaluations: int
+    front_size: int
+    wall_seconds: float
+    sampler_finished: bool
+
+    def hv_at(self, budget: int) -> float:
+        """Hypervolume once `budget` trials had finished (the last value if the study stopped earlier)."""
+        if not self.history:
+            return 0.0
+        return self.history[min(budget, len(self.history)) - 1]
+
+
+def summarize(label: str, seed: int, study: optuna.Study, trials: int) -> StudySummary:
+    """Measure one finished (or interrupted) study."""
+    history = analysis.hypervolume_history(study)
+    return StudySummary(label, seed, study.study_name, history, evaluations(study), len(analysis.pareto_front(study)),
+                        float(study.user_attrs.get(WALL_ATTR, 0.0)), evaluations(study) < trials)
+
+
+def table(ccfg: CompareConfig, summaries: list[StudySummary]) -> list[dict[str, Any]]:
+    """Per sampler: hypervolume at each budget (mean, std over seeds), front size, evaluations, time."""
+    rows = []
+    for label in dict.fromkeys(s.label for s in summaries):
+        mine = [s for s in summaries if s.label == label]
+        row: dict[str, Any] = {"sampler": label, "seeds": len(mine)}
+        for b in ccfg.budgets:
+            values = np.array([s.hv_at(b) for s in mine])
+            row[f"hv@{b}"] = {"mean": float(values.mean()), "std": float(values.std(ddof=1)) if len(mine) > 1 else 0.0}
+        row["front_size"] = float(np.mean([s.front_size for s in mine]))
+        row["evaluations"] = float(np.mean([s.evaluations for s in mine]))
+        row["wall_seconds"] = float(np.mean([s.wall_seconds for s in mine]))
+        rows.append(row)
+    for b in ccfg.budgets:  # the best mean at each budget
+        best = max(rows, key=lambda r: r[f"hv@{b}"]["mean"])
+        best[f"hv@{b}"]["best"] = True
+    return rows
+
+
+def plot_history(summaries: list[StudySummary], trials: int, path: Path) -> Path:
+    """Hypervolume against trials: the mean per sampler with its min-max band over seeds."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for label in dict.fromkeys(s.label for s in summaries):
+        mine = [s for s in summaries if s.label == label]
+        grid = np.array([[s.hv_at(b) for b in range(1, trials + 1)] for s in mine])
+        x = np.arange(1, trials + 1)
+        ax.plot(x, grid.mean(axis=0), label=f"{label} ({len(mine)} seed{'s' if len(mine) > 1 else ''})")
+        if len(mine) > 1:
+            ax.fill_between(x, grid.min(axis=0), grid.max(axis=0), alpha=0.15)
+    ax.set(xlabel="trials (baselines included)", ylabel="hypervolume", title="hypervolume history (reference: dense model)")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def plot_fronts(studies: dict[str, list[optuna.Study]], path: Path) -> Path | None:
+    """The Pareto front of each sampler (union of its seeds' trials), together."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    first = next(iter(studies.values()))[0]
+    names = first.user_attrs.get("thresh_opt:objectives") or []
+    if len(names) < 2:
+        return None
+    signs = np.array([1.0 if d.name == "MINIMIZE" else -1.0 for d in first.directions])
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for label, group in studies.items():
+        points = np.array([t.values for s in group for t in analysis.pareto_front(s)])
+        if not len(points):
+            continue
+        m = points * signs
+        keep = [i for i in range(len(m)) if not any(np.all(m[j] <= m[i]) and np.any(m[j] < m[i]) for j in range(len(m)))]
+        front = points[sorted(keep, key=lambda i: points[i][0])]
+        ax.step(front[:, 0], front[:, 1], where="post", marker="o", markersize=3, label=label)
+    ax.set(xlabel=names[0], ylabel=names[1], title="Pareto fronts (all seeds of each sampler)")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def reference_text(study: optuna.Study) -> str:
+    """The hypervolume reference point, in the objectives' own units."""
+    names = study.user_attrs.get("thresh_opt:objectives") or []
+    signs = np.array([1.0 if d.name == "MINIMIZE" else -1.0 for d in study.directions])
+    ref = analysis.reference_point(study) * signs
+    dense = study.user_attrs.get("thresh_opt:dense", {})
+    return ", ".join(f"{n} {r:.4g} (dense {dense.get(n, float('nan')):.4g})" for n, r in zip(names, ref))
+
+
+def markdown(ccfg: CompareConfig, rows: list[dict[str, Any]], summaries: list[StudySummary], reference: str,
+             source: str, plots: list[Path]) -> str:
+    """The comparison report."""
+    lines = [f"# Comparison `{ccfg.name}`", "",
+             f"- File: `{source}`; written {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC",
+             f"- Budget: {ccfg.trials} trials per study, baselines included; seeds {ccfg.seeds} "
+             "(deterministic samplers run once)",
+             f"- Hypervolume reference point (dense model, 10% worse): {reference}", "",
+             "| sampler | seeds | " + " | ".join(f"HV @{b}" for b in ccfg.budgets) + " | front size | evaluations | wall s |",
+             "|---|---:|" + "---:|" * (len(ccfg.budgets) + 3)]
+    for r in rows:
+        cells = []
+        for b in ccfg.budgets:
+            c = r[f"hv@{b}"]
+            text = f"{c['mean']:.4g} ± {c['std']:.2g}" if r["seeds"] > 1 else f"{c['mean']:.4g}"
+            cells.append(f"**{text}**" if c.get("best") else text)
+        lines.append(f"| {r['sampler']} | {r['seeds']} | " + " | ".join(cells)
+                     + f" | {r['front_size']:.1f} | {r['evaluations']:.0f} | {r['wall_seconds']:.0f} |")
+    lines += ["", "Mean ± sample standard deviation over seeds; bold: best mean at that budget. A study whose "
+              "sampler finished before the budget keeps its last hypervolume.", ""]
+    stopped = [s for s in summaries if s.sampler_finished]
+    if stopped:
+        lines += ["Stopped early (sampler finished): " + ", ".join(f"{s.study} after {s.evaluations}" for s in stopped), ""]
+    lines += [f"![{p.stem}]({p.name})" for p in plots]
+    return "\n".join(lines) + "\n"
+
+
+def write_report(ccfg: CompareConfig, studies: list[tuple[str, int, optuna.Study]], folder: Path,
+                 source: str) -> tuple[list[Path], list[dict[str, Any]], list[StudySummary]]:
+    """Summaries, plots, report.md and summary.json in `folder`."""
+    folder.mkdir(parents=True, exist_ok=True)
+    summaries = [summarize(label, seed, s, ccfg.trials) for label, seed, s in studies]
+    rows = table(ccfg, summaries)
+    by_label: dict[str, list[optuna.Study]] = {}
+    for label, _, s in studies:
+        by_label.setdefault(label, []).append(s)
+    plots = [plot_history(summaries, ccfg.trials, folder / "hypervolume.png")]
+    fronts = plot_fronts(by_label, folder / "fronts.png")
+    plots += [fronts] if fronts else []
+    reference = reference_text(studies[0][2])
+    (folder / "report.md").write_text(markdown(ccfg, rows, summaries, reference, source, plots))
+    (folder / "summary.json").write_text(json.dumps({"compare": ccfg.model_dump(), "reference": reference, "rows": rows,
+                                                    "studies": [asdict(s) for s in summaries]}, indent=1))
+    return [folder / "report.md", folder / "summary.json", *plots], rows, summaries
