@@ -1,4 +1,4 @@
-"""Trial throughput: one serial worker vs Ray actors, the same study side by side in one run.
+"""Trial throughput: serial vs 1 Ray actor vs N Ray actors, the same study side by side in one run.
 
     python benchmarks/ray_throughput.py [--trials 40] [--workers 2] [--count 8]
 
@@ -26,10 +26,10 @@ from thresh_opt.study.executors import RayExecutor, SerialExecutor  # noqa: E402
 
 
 def measure(cfg: StudyConfig, space: SearchSpaceConfig, workers: int) -> tuple[float, float]:
-    """(start-up seconds, steady trials per second) of one run."""
+    """(start-up seconds, steady trials per second) of one run; workers 0: serial, in this process."""
     with tempfile.TemporaryDirectory() as tmp:
         start = time.perf_counter()
-        executor = RayExecutor(cfg, space, workers) if workers > 1 else SerialExecutor(cfg, space)
+        executor = RayExecutor(cfg, space, workers) if workers > 0 else SerialExecutor(cfg, space)
         executor.dense()
         startup = time.perf_counter() - start
         try:
@@ -52,12 +52,15 @@ def main() -> None:
     cfg = StudyConfig(name="throughput", sampler=SamplerConfig(name="random"), trials=args.trials,
                       calibration={"count": args.count})
     space = SearchSpaceConfig(grouping="kind")
-    serial = measure(cfg, space, 1)
+    serial = measure(cfg, space, 0)
+    one = measure(cfg, space, 1)
     ray = measure(cfg, space, args.workers)
     print(f"{args.trials} trials, {args.count} x 128 calibration tokens, {os.cpu_count()} CPUs")
-    print(f"serial (1 worker, all threads): start-up {serial[0]:.1f} s, {serial[1]:.2f} trials/s")
+    print(f"serial (in the driver, all threads): start-up {serial[0]:.1f} s, {serial[1]:.2f} trials/s")
+    print(f"ray (1 actor, 1 thread): start-up {one[0]:.1f} s, {one[1]:.2f} trials/s")
     print(f"ray ({args.workers} actors, 1 thread each): start-up {ray[0]:.1f} s, {ray[1]:.2f} trials/s")
-    print(f"ray / serial steady throughput: {ray[1] / serial[1]:.2f}x")
+    print(f"ray {args.workers} actors / 1 actor steady throughput: {ray[1] / one[1]:.2f}x; "
+          f"/ serial: {ray[1] / serial[1]:.2f}x")
 
 
 if __name__ == "__main__":
