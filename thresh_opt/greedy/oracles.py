@@ -6,8 +6,9 @@ one full pass for each. The fast oracle gets the same numbers with less work:
 
 - blocks before the one under search are skipped: their output over the calibration set is cached
   (the thresholds upstream are fixed once the search enters a block);
-- every loss pass also records the next module's statistics and the next block's input, so when the
-  candidate is accepted, the next module needs no statistics pass and the next block no catch-up pass.
+- every loss pass also records the next module's input and the next block's input, so when the
+  candidate is accepted, the next module needs no statistics pass (its quantiles are computed from the
+  recorded input, for the accepted pass only) and the next block no catch-up pass.
 
 Cost is counted in forward-equivalents (a full pass over the calibration set = 1) and seconds.
 """
@@ -24,6 +25,38 @@ from thresh_opt.models.prefix import PassResult, PrefixRunner
 from thresh_opt.models.thresholded import ThresholdedModel
 
 MODES = ("fast", "paper")
+RAW_BUDGET = 256 * 2**20  # bytes of one module's inputs kept raw (quantiles only if the pass is accepted)
+
+
+class _Recorder:
+    """Observer of one module during a loss pass: keeps its raw inputs, so that the quantiles (the costly
+    part of statistics) are computed only for the pass that gets accepted; inputs too large to keep get
+    their quantiles at once."""
+
+    def __init__(self, names: list[str], levels: list[float], device: torch.device, m: int, tokens: int) -> None:
+        self.names, self.levels, self.device, self.m, self.tokens = names, levels, device, m, tokens
+        self.raw: list[tuple[torch.Tensor, torch.Tensor | None]] = []
+        self.sums: QuantileSums | None = None
+        self._stats: ActivationStats | None = None
+
+    def __call__(self, i: int, x: torch.Tensor, mask: torch.Tensor | None) -> None:
+        if i != self.m:
+            return
+        if self.sums is None and x.shape[-1] * self.tokens * 4 <= RAW_BUDGET:
+            self.raw.append((x.detach().clone(), mask))
+            return
+        if self.sums is None:
+            self.sums = QuantileSums(self.names, self.levels, self.device, {self.m})
+        self.sums(i, x, mask)
+
+    def stats(self) -> ActivationStats:
+        """The module's statistics."""
+        if self._stats is None:
+            sums = self.sums or QuantileSums(self.names, self.levels, self.device, {self.m})
+            for x, mask in self.raw:
+                sums(self.m, x, mask)
+            self._stats, self.raw = sums.result(), []
+        return self._stats
 
 
 @dataclass
@@ -87,8 +120,8 @@ class FastOracle(PaperOracle):
     def __init__(self, tm: ThresholdedModel, chunks: torch.Tensor, levels: list[float], batch_size: int = 8) -> None:
         super().__init__(tm, chunks, levels, batch_size)
         self.sites = tm.sites
-        self._ref: tuple[dict[int, ActivationStats], int | None, list[torch.Tensor]] = ({}, None, [])
-        self._module_evals: list[tuple[dict[int, ActivationStats], int | None, list[torch.Tensor]]] = []
+        self._ref: tuple[dict[int, _Recorder], int | None, list[torch.Tensor]] = ({}, None, [])
+        self._module_evals: list[tuple[dict[int, _Recorder], int | None, list[torch.Tensor]]] = []
 
     def _block(self, m: int) -> int:
         return self.sites[m].block
@@ -111,7 +144,7 @@ class FastOracle(PaperOracle):
         self._module_evals = []
         known = self._ref[0].get(m)
         if known is not None:
-            return known
+            return known.stats()
         b = self._block(m)
         result, stats = self._pass(observe=m, start=b, stop=b + 1 if b + 1 < self.runner.n_blocks else None)
         self.cost.stats_passes += 1
@@ -124,10 +157,16 @@ class FastOracle(PaperOracle):
         start = 0 if m is None else self._block(m)
         nxt = 0 if m is None else m + 1
         capture = start + 1 if start + 1 < self.runner.n_blocks else None
-        result, stats = self._pass(observe=nxt if nxt < len(self.sites) else None, start=start, capture=capture)
+        observed = {}
+        if nxt < len(self.sites):
+            tokens = sum(b.numel() for b in self.runner.batches)
+            observed[nxt] = _Recorder(self.tm.names, self.levels, self.runner.device, nxt, tokens)
+            with self.tm.observe(observed[nxt]):
+                result, _ = self._pass(start=start, capture=capture)
+        else:
+            result, _ = self._pass(start=start, capture=capture)
         self.cost.loss_passes += 1
         self.cost.loss_fe += result.cost
-        observed = {nxt: stats} if stats is not None else {}
         self._module_evals.append((observed, capture, result.captured))
         return result.loss
 

@@ -67,6 +67,7 @@ class ThresholdedModel:
         self._index = {n: i for i, n in enumerate(self.names)}
         self._t = [0.0] * len(self.sites)
         self._observers: list[Observer] = []
+        self._transforms: list[Callable[[int, torch.Tensor], torch.Tensor]] = []
         self._mask: torch.Tensor | None = None
         self._tokens_now = 0
         self.reset_counts()
@@ -157,6 +158,16 @@ class ThresholdedModel:
         finally:
             self._observers.remove(observer)
 
+    @contextlib.contextmanager
+    def transformed(self, transform: Callable[[int, torch.Tensor], torch.Tensor]) -> Iterator[None]:
+        """Replace every site's tensor by transform(site index, tensor) after thresholding, before zeros
+        are counted (a differentiable threshold for training uses this)."""
+        self._transforms.append(transform)
+        try:
+            yield
+        finally:
+            self._transforms.remove(transform)
+
     def remove(self) -> None:
         """Take the hooks off the wrapped model."""
         for h in self._handles:
@@ -201,6 +212,8 @@ class ThresholdedModel:
         t = self._t[i]
         if t > 0:
             x = F.hardshrink(x, t)  # x * (|x| > t) in one kernel
+        for transform in self._transforms:
+            x = transform(i, x)
         # per-token non-zero counts (cheap to mask afterwards); bool->uint8 sums beat count_nonzero on CPU
         nonzero = x.bool().view(torch.uint8).sum(dim=-1, dtype=torch.int32)
         if mask is not None:
