@@ -30,6 +30,10 @@ class ActivationStats:
             raise ValueError(f"target sparsity {sparsity} outside [0, {self.levels[-1]}]")
         return {name: self.threshold(name, sparsity) for name in self.thresholds}
 
+    def sparsity_for(self, module: str, threshold: float) -> float:
+        """The target sparsity whose threshold is `threshold` (inverse of `threshold`, clipped to the levels)."""
+        return float(np.interp(threshold, [0.0, *self.thresholds[module]], [0.0, *self.levels]))
+
     def threshold(self, module: str, sparsity: float) -> float:
         """One module's threshold for a target sparsity (0 below the first level's threshold at 0)."""
         return float(np.interp(sparsity, [0.0, *self.levels], [0.0, *self.thresholds[module]]))

@@ -8,6 +8,7 @@ import sys
 
 from rich.markup import escape
 
+from thresh_opt.cli import baseline as baseline_cmd
 from thresh_opt.cli import calibrate as calibrate_cmd
 from thresh_opt.cli import evaluate as evaluate_cmd
 from thresh_opt.cli import greedy as greedy_cmd
@@ -32,6 +33,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate_cmd.register(groups)
     greedy_cmd.register(groups)
     study_cmd.register(groups)
+    baseline_cmd.register(groups)
     return parser
 
 

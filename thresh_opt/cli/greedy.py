@@ -69,8 +69,10 @@ def cmd_greedy(args: argparse.Namespace) -> int:
         args.output.write_text(json.dumps(last.thresholds, indent=1))
     comparison = _compare(results) if len(results) == 2 else None
     if args.json:
+        from thresh_opt.baseline import peak_memory_mb
+
         emit_json({"model": loaded.source, "chunks": list(chunks.shape), "results": {m: r.to_dict() for m, r in results.items()},
-                   "comparison": comparison})
+                   "comparison": comparison, "peak_memory_mb": peak_memory_mb(chunks.device)})
         return 0
     table = Table(title=f"{loaded.source}: greedy search, loss_inc {args.loss_inc} ({chunks.shape[0]} x {chunks.shape[1]} tokens)")
     for col in ("mode", "loss ratio", "sparsity", "loss passes", "stats passes", "forward-equiv.", "seconds"):

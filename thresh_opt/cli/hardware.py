@@ -37,14 +37,36 @@ def register(groups: argparse._SubParsersAction) -> None:
     est.add_argument("--context", type=int, metavar="N", help="OPT: positions each token attends to (default 1024)")
     est.add_argument("--vocab", type=int, metavar="V", help="vocabulary size (with --arch); implies --head")
     est.add_argument("--head", action="store_true", help="count the output head and embedding read (default: left out)")
-    est.add_argument("--sparsity", type=Path, required=True, metavar="FILE.json",
-                     help="the thresholded model's sparsity")
+    given = est.add_mutually_exclusive_group(required=True)
+    given.add_argument("--sparsity", type=Path, metavar="FILE.json", help="the thresholded model's sparsity")
+    given.add_argument("--thresholds", type=Path, metavar="FILE.json",
+                       help="thresholds {module name: threshold} (with --model): the sparsity is measured on "
+                            "the embedded held-out calibration text (8 x 128 tokens)")
     est.add_argument("--baseline", type=Path, metavar="FILE.json",
                      help="the unthresholded model's sparsity (default: all 0)")
     est.add_argument("--profile", type=Path, metavar="FILE",
                      help="hardware profile YAML (default: the shipped SENECA one)")
     est.add_argument("--json", action="store_true", help="one JSON object on stdout")
     est.set_defaults(func=cmd_estimate, dtype="float32", device="cpu", placement=None)
+
+
+def _measured_sparsity(loaded: Any, path: Path) -> dict[str, float]:
+    """Per-module sparsity of the model under a thresholds file, on the calibration text."""
+    import torch
+
+    from thresh_opt.calibration import CalibrationSpec, calibration_chunks
+
+    thresholds = read_json_object(path, "thresholds")
+    try:
+        loaded.thresholded.set_thresholds(thresholds)
+    except UserError as exc:
+        raise UserError(f"{path}: {exc}") from None
+    chunks = calibration_chunks(loaded, CalibrationSpec(source="heldout", ctx_len=128, count=8))
+    tm = loaded.thresholded
+    with torch.no_grad(), tm.counting():
+        for batch in chunks.split(8):
+            tm(input_ids=batch.to(next(tm.model.parameters()).device))
+        return tm.sparsity().per_module
 
 
 def _read_sparsity(path: Path) -> dict[str, Any]:
@@ -63,7 +85,7 @@ def _dims_and_sites(args: argparse.Namespace):  # noqa: ANN202
         if args.head and args.vocab is None:
             raise UserError("--head with --arch needs --vocab V")
         dims = ModelDims(args.arch, args.layers, args.hidden, args.ffn, args.context, args.heads, args.vocab)
-        return args.arch, dims, linear_sites(dims)
+        return args.arch, dims, linear_sites(dims), None
     given = [f"--{n}" for n in _ARCH_ONLY if getattr(args, n) is not None]
     if given:
         raise UserError(f"{', '.join(given)}: taken from the model with --model; use --arch to set dimensions")
@@ -71,7 +93,7 @@ def _dims_and_sites(args: argparse.Namespace):  # noqa: ANN202
 
     loaded = load_from_args(args)
     dims, sites = model_dims(loaded, args.context, args.head)
-    return loaded.source, dims, sites
+    return loaded.source, dims, sites, loaded
 
 
 def _si(value: float, unit: str) -> str:
@@ -115,16 +137,20 @@ def cmd_estimate(args: argparse.Namespace) -> int:
     from thresh_opt.hardware import DEFAULT_PROFILE, compare, load_profile
 
     profile = load_profile(args.profile)
-    sparsity = _read_sparsity(args.sparsity)
+    if args.thresholds is not None and not args.model:
+        raise UserError("--thresholds needs --model (the sparsity is measured on the model)")
+    sparsity = _read_sparsity(args.sparsity) if args.sparsity else None
     baseline = _read_sparsity(args.baseline) if args.baseline else None
-    source, dims, sites = _dims_and_sites(args)
+    source, dims, sites, loaded = _dims_and_sites(args)
+    if sparsity is None:
+        sparsity = _measured_sparsity(loaded, args.thresholds)
     cmp = compare(dims, sparsity, baseline, profile, sites, sources=(str(args.sparsity), str(args.baseline)))
     if args.json:
         emit_json({
             "model": source,
             "dims": dims.to_dict(),
             "profile": str(args.profile or DEFAULT_PROFILE),
-            "sparsity_file": str(args.sparsity),
+            "sparsity_file": str(args.sparsity or args.thresholds),
             "baseline_file": str(args.baseline) if args.baseline else None,
             **cmp.to_dict(),
         })

@@ -33,6 +33,13 @@ def register(groups: argparse._SubParsersAction) -> None:
     run.add_argument("--json", action="store_true", help="one JSON object (the Pareto front) on stdout")
     run.set_defaults(func=cmd_run)
     compare_cmd.register_verb(verbs)
+    enqueue = verbs.add_parser("enqueue", help="queue a thresholds file (e.g. from `baseline train` or `greedy`) "
+                               "as the next trial of a study")
+    enqueue.add_argument("study", type=Path, metavar="STUDY.yaml")
+    enqueue.add_argument("--thresholds", type=Path, required=True, metavar="FILE.json")
+    enqueue.add_argument("--run-dir", type=Path, help="run folder (default runs/<study name>)")
+    enqueue.add_argument("--json", action="store_true")
+    enqueue.set_defaults(func=cmd_enqueue)
     show = verbs.add_parser("show", help="the trials and Pareto front of a stored study")
     _locate(show)
     show.add_argument("--json", action="store_true")
@@ -134,6 +141,43 @@ def _run(args: argparse.Namespace) -> int:
                    "trials": len(study.trials)})
     else:
         _print_front(study, rows, run_dir)
+    return 0
+
+
+def cmd_enqueue(args: argparse.Namespace) -> int:
+    """Map a thresholds file onto the study's parameters and enqueue it; `study run` evaluates it next."""
+    import optuna
+
+    from thresh_opt.calibration import cached_activation_stats
+    from thresh_opt.cli._common import read_json_object
+    from thresh_opt.models import load_model
+    from thresh_opt.study.config import load_study
+    from thresh_opt.study.driver import StudyRun, default_run_dir
+    from thresh_opt.study.space import SearchSpace
+
+    cfg, space_cfg = load_study(args.study)
+    thresholds = read_json_object(args.thresholds, "thresholds")
+    with console.status(f"loading {cfg.model.source}"):
+        m = cfg.model
+        loaded = load_model(m.source, dtype=m.dtype, device=m.device, placement=m.placement)
+    try:
+        loaded.thresholded.set_thresholds(thresholds)  # names and values checked
+    except UserError as exc:
+        raise UserError(f"{args.thresholds}: {exc}") from None
+    loaded.thresholded.reset_thresholds()
+    stats = cached_activation_stats(loaded, cfg.calibration)
+    space = SearchSpace.build(space_cfg, loaded.thresholded.sites)
+    params = space.params_for(thresholds, stats)
+    if args.run_dir is not None:
+        cfg = cfg.model_copy(update={"run_dir": str(args.run_dir)})
+    run = StudyRun(cfg, space_cfg, default_run_dir(cfg))
+    study = optuna.create_study(study_name=cfg.name, storage=run.storage(), directions=run.directions,
+                                load_if_exists=True)
+    study.enqueue_trial(params, user_attrs={"enqueued_from": str(args.thresholds)})
+    if args.json:
+        emit_json({"study": cfg.name, "params": params})
+    else:
+        console.print(f"enqueued in {cfg.name}: " + ", ".join(f"{k}={v:g}" for k, v in params.items()), highlight=False)
     return 0
 
 

@@ -70,3 +70,17 @@ class SearchSpace:
         for module, target in self.targets(params).items():
             out[module] = 0.0 if target <= 0 else stats.threshold(module, target)
         return out
+
+    def params_for(self, thresholds: dict[str, float], stats: ActivationStats) -> dict[str, float]:
+        """The parameters closest to a thresholds configuration: each module's threshold becomes a target
+        sparsity through the statistics; a group takes its modules' mean, snapped to the nearest level
+        (or clipped to the range). Exact only for one module per group and thresholds on the levels."""
+        levels = self.config.level_list()
+        out = {}
+        for param, modules in self.groups.items():
+            mean = sum(stats.sparsity_for(m, float(thresholds.get(m, 0.0))) for m in modules) / len(modules)
+            if levels is None:
+                out[param] = min(max(mean, self.config.range.low), self.config.range.high)
+            else:
+                out[param] = min(levels, key=lambda x: abs(x - mean))
+        return out
