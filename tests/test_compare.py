@@ -128,3 +128,15 @@ def test_hybrid_hands_over_after_its_greedy_share_and_seeds_nsga2():
     gen = "NSGAIISampler:generation"
     assert all(gen in t.system_attrs for t in study.trials)  # the greedy trials are NSGA-II's first parents
     assert [t.system_attrs["greedy:role"] for t in study.trials[:2]] == ["dense", "candidate"]
+
+
+@pytest.mark.parametrize("name", ["compare-embedded.yaml", "compare-embedded-5seeds.yaml"])
+def test_the_shipped_comparison_files_are_valid(name):
+    from thresh_opt.study.compare import load_compare
+    from thresh_opt.study.config import REPO_DIR
+
+    ccfg, template, contenders = load_compare(REPO_DIR / "studies" / name)
+    labels = {c.label for c in contenders}
+    assert {"tpe", "nsga2", "greedy", "hybrid-nsga2"} <= labels and ccfg.budgets[-1] == ccfg.trials
+    assert sum(c.label == "greedy" for c in contenders) == 1  # deterministic: one run
+    assert all(c.cfg.baselines == template.baselines for c in contenders)
