@@ -71,7 +71,7 @@ def _compare(args: argparse.Namespace) -> int:
     from thresh_opt.interrupts import interruptible
     from thresh_opt.study import report
     from thresh_opt.study.compare import compare_run_dir, run_contender
-    from thresh_opt.study.executors import RayExecutor, SerialExecutor
+    from thresh_opt.study.executors import make_executor
     from thresh_opt.tracking import CompareTracker
 
     ccfg, template, contenders, source = _load(args)
@@ -81,9 +81,7 @@ def _compare(args: argparse.Namespace) -> int:
     tracker.log_compare(source, ccfg.model_dump())
     first = contenders[0]
     with console.status(f"loading {template.model.source}"), interruptible():
-        workers, address = first.cfg.workers, first.cfg.ray_address
-        executor = (RayExecutor(first.cfg, first.space, workers, address) if workers > 1 or address
-                    else SerialExecutor(first.cfg, first.space))
+        executor = make_executor(first.cfg, first.space)
     studies = []
     status = "FAILED"
     columns = [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),

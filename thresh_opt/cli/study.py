@@ -93,7 +93,7 @@ def _run(args: argparse.Namespace) -> int:
     from thresh_opt.interrupts import interruptible
     from thresh_opt.study.config import DEFAULT_STUDY
     from thresh_opt.study.driver import StudyRun, default_run_dir, run_study
-    from thresh_opt.study.executors import RayExecutor, SerialExecutor
+    from thresh_opt.study.executors import make_executor
     from thresh_opt.tracking import StudyTracker
 
     cfg, space = _overridden(args)
@@ -105,8 +105,7 @@ def _run(args: argparse.Namespace) -> int:
     tracker.log_study(study_file, cfg.model_dump(), cfg.sampler.name, cfg.seed)
     with console.status(f"loading {cfg.model.source} ({cfg.workers} worker{'s' if cfg.workers > 1 else ''})"), \
             interruptible():
-        use_ray = cfg.workers > 1 or cfg.ray_address
-        executor = RayExecutor(cfg, space, cfg.workers, cfg.ray_address) if use_ray else SerialExecutor(cfg, space)
+        executor = make_executor(cfg, space)
     columns = [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                TextColumn("{task.fields[status]}")]
     status = "FAILED"

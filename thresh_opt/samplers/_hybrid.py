@@ -7,7 +7,6 @@ from typing import TYPE_CHECKING, Any
 from optuna.samplers import BaseSampler
 
 from thresh_opt.samplers._greedy import GreedySampler
-from thresh_opt.samplers._greedy_state import ROLE
 
 if TYPE_CHECKING:
     from optuna.distributions import BaseDistribution

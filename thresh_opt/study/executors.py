@@ -135,3 +135,10 @@ class RayExecutor:
             self._ray.kill(actor)
         if self._started:
             self._ray.shutdown()
+
+
+def make_executor(cfg: StudyConfig, space_cfg: SearchSpaceConfig) -> SerialExecutor | RayExecutor:
+    """Ray actors when the study asks for more than one worker or names a cluster, else serial."""
+    if cfg.workers > 1 or cfg.ray_address:
+        return RayExecutor(cfg, space_cfg, cfg.workers, cfg.ray_address)
+    return SerialExecutor(cfg, space_cfg)
