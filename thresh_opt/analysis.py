@@ -11,8 +11,15 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 
-def _signs(directions: list[str]) -> np.ndarray:
-    return np.array([1.0 if d == "minimize" else -1.0 for d in directions])
+def signs(study: optuna.Study) -> np.ndarray:
+    """+1 per minimized objective, -1 per maximized one: values * signs are in minimization form."""
+    return np.array([1.0 if d.name == "MINIMIZE" else -1.0 for d in study.directions])
+
+
+def non_dominated(points: np.ndarray) -> list[int]:
+    """Indices of the points (minimization form) no other point dominates."""
+    return [i for i in range(len(points))
+            if not any(np.all(points[j] <= points[i]) and np.any(points[j] < points[i]) for j in range(len(points)))]
 
 
 def feasible(trial: FrozenTrial) -> bool:
@@ -28,11 +35,9 @@ def pareto_front(study: optuna.Study) -> list[FrozenTrial]:
     trials = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)) if feasible(t)]
     if not trials:
         return []
-    signs = _signs([d.name.lower() for d in study.directions])
-    points = np.array([t.values for t in trials]) * signs
-    front = [t for i, t in enumerate(trials)
-             if not any(np.all(points[j] <= points[i]) and np.any(points[j] < points[i]) for j in range(len(trials)))]
-    return sorted(front, key=lambda t: t.values[0] * signs[0])
+    sign = signs(study)
+    front = [trials[i] for i in non_dominated(np.array([t.values for t in trials]) * sign)]
+    return sorted(front, key=lambda t: t.values[0] * sign[0])
 
 
 def reference_point(study: optuna.Study) -> np.ndarray:
@@ -43,8 +48,7 @@ def reference_point(study: optuna.Study) -> np.ndarray:
     """
     dense = study.user_attrs.get("thresh_opt:dense", {})
     names = study.user_attrs.get("thresh_opt:objectives") or []
-    signs = _signs([d.name.lower() for d in study.directions])
-    ref = np.array([dense[n] for n in names], dtype=float) * signs
+    ref = np.array([dense[n] for n in names], dtype=float) * signs(study)
     return ref + 0.1 * np.abs(ref) + 1e-9
 
 
@@ -53,12 +57,12 @@ def hypervolume_history(study: optuna.Study) -> list[float]:
     from optuna._hypervolume import compute_hypervolume
 
     ref = reference_point(study)
-    signs = _signs([d.name.lower() for d in study.directions])
+    sign = signs(study)
     points: list[np.ndarray] = []
     history = []
     for t in study.get_trials(deepcopy=False):
         if t.state == TrialState.COMPLETE and feasible(t):
-            p = np.array(t.values) * signs
+            p = np.array(t.values) * sign
             if np.all(p < ref):
                 points.append(p)
         history.append(float(compute_hypervolume(np.array(points), ref)) if points else 0.0)

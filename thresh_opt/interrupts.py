@@ -22,7 +22,7 @@ class _State:
 
 
 def _handler(signum: int, frame: object) -> None:
-    if not _State.installed or _State.open or _State.pending:
+    if _State.open or _State.pending:
         _State.pending = False
         raise KeyboardInterrupt
     _State.pending = True

@@ -129,7 +129,6 @@ def train_thresholds(
         if cfg.fine_tune:
             model.load_state_dict(state["model"])
         start_step, history = state["step"], state["history"]
-        torch.set_rng_state(state["rng"])
     density: list[torch.Tensor] = [torch.zeros((), device=device)] * len(tm.names)
 
     def soft_threshold(i: int, x: torch.Tensor) -> torch.Tensor:
@@ -161,7 +160,7 @@ def train_thresholds(
                     on_step(step + 1, record)
                 if ckpt is not None and ((step + 1) % cfg.checkpoint_every == 0 or step + 1 == cfg.steps):
                     _save(ckpt, {"s": s.detach(), "optimizer": optimizer.state_dict(), "step": step + 1,
-                                 "history": history, "rng": torch.get_rng_state(),
+                                 "history": history,
                                  **({"model": model.state_dict()} if cfg.fine_tune else {})})
     finally:
         for p in weights:

@@ -3,16 +3,49 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from thresh_opt.errors import UserError
 
 console = Console(stderr=True)
+
+
+def progress_bar(status: bool = False) -> Progress:
+    """The commands' progress bar on stderr; with `status`, every task carries a `status` field shown last."""
+    columns = [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn()]
+    if status:
+        columns.append(TextColumn("{task.fields[status]}"))
+    return Progress(*columns, console=console, transient=True)
+
+
+@contextlib.contextmanager
+def tracked_executor(tracker: Any, loading: str, make: Callable[[], Any]) -> Iterator[Any]:
+    """Start an executor (Ctrl-C may stop the model loading), yield it and close it at the end; a run that
+    does not finish marks the tracker's MLflow parent run KILLED (Ctrl-C) or FAILED."""
+    from thresh_opt.interrupts import interruptible
+
+    executor, status = None, "FAILED"
+    try:
+        with console.status(loading), interruptible():
+            executor = make()
+        yield executor
+        status = "FINISHED"
+    except KeyboardInterrupt:
+        status = "KILLED"
+        raise
+    finally:
+        if executor is not None:
+            executor.close()
+        if status != "FINISHED":
+            tracker.finish(status)
 
 
 def emit_json(obj: dict[str, Any]) -> None:

@@ -5,10 +5,9 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from thresh_opt.cli._common import add_model_options, console, emit_json, load_from_args
+from thresh_opt.cli._common import add_model_options, console, emit_json, load_from_args, progress_bar
 from thresh_opt.cli.calibrate import add_calibration_options, spec_from_args
 from thresh_opt.errors import UserError
 
@@ -88,9 +87,7 @@ def cmd_train(args: argparse.Namespace) -> int:
                       sharpness=args.sharpness, init_sparsity=args.init_sparsity, fine_tune=args.fine_tune,
                       weight_lr=args.weight_lr, seed=args.train_seed,
                       checkpoint=str(args.checkpoint) if args.checkpoint else None, checkpoint_every=args.checkpoint_every)
-    columns = [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-               TextColumn("{task.fields[status]}")]
-    with Progress(*columns, console=console, transient=True) as progress:
+    with progress_bar(status=True) as progress:
         task = progress.add_task("training thresholds", total=args.steps, status="")
         result = train_thresholds(tm, chunks, init, cfg, on_step=lambda i, r: progress.update(
             task, completed=i, status=f"loss {r['loss']:.4f}, density {r['density']:.3f}"))
@@ -132,8 +129,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
     calibration = ["--count", str(args.count), "--ctx-len", str(args.ctx_len)]
     jobs = [("greedy", x) for x in args.loss_inc] + [("trained", p) for p in args.penalties]
     made = []
-    columns = [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn()]
-    with Progress(*columns, console=console, transient=True) as progress:
+    with progress_bar() as progress:
         task = progress.add_task("producing configurations", total=len(jobs))
         for method, value in jobs:
             progress.update(task, description=f"{method} {value:g}")

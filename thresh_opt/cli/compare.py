@@ -6,10 +6,9 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from thresh_opt.cli._common import console, emit_json
+from thresh_opt.cli._common import console, emit_json, progress_bar, tracked_executor
 from thresh_opt.errors import ConfigError, UserError
 
 
@@ -37,12 +36,6 @@ def _load(args: argparse.Namespace) -> tuple[Any, Any, list[Any], Path]:
                                  if getattr(args, k) is not None}
     if args.run_dir is not None:
         overrides["run_dir"] = str(args.run_dir)
-    if args.trials is not None:
-        from thresh_opt.config import load_yaml
-
-        budgets = (load_yaml(source) or {}).get("budgets") if source.is_file() else None
-        if isinstance(budgets, list):  # budgets beyond the new trial count are dropped
-            overrides["budgets"] = [b for b in budgets if isinstance(b, int) and b <= args.trials] or [args.trials]
     try:
         ccfg, template, contenders = load_compare(source, overrides, args.ray_address)
     except ConfigError as exc:
@@ -68,7 +61,6 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
 
 def _compare(args: argparse.Namespace) -> int:
-    from thresh_opt.interrupts import interruptible
     from thresh_opt.study import report
     from thresh_opt.study.compare import compare_run_dir, run_contender
     from thresh_opt.study.executors import make_executor
@@ -80,40 +72,29 @@ def _compare(args: argparse.Namespace) -> int:
     tracker = CompareTracker(ccfg.tracking_uri or template.tracking_uri, run_dir, ccfg.name)
     tracker.log_compare(source, ccfg.model_dump())
     first = contenders[0]
-    with console.status(f"loading {template.model.source}"), interruptible():
-        executor = make_executor(first.cfg, first.space)
-    studies = []
-    status = "FAILED"
-    columns = [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-               TextColumn("{task.fields[status]}")]
-    try:
-        with Progress(*columns, console=console, transient=True) as progress:
-            overall = progress.add_task(f"{ccfg.name}", total=len(contenders), status="")
-            for i, c in enumerate(contenders):
-                task = progress.add_task(f"  {c.label} seed {c.seed}", total=ccfg.trials, status="")
+    studies, summaries = [], []
+    with tracked_executor(tracker, f"loading {template.model.source}",
+                          lambda: make_executor(first.cfg, first.space)) as executor, \
+            progress_bar(status=True) as progress:
+        overall = progress.add_task(f"{ccfg.name}", total=len(contenders), status="")
+        for i, c in enumerate(contenders):
+            task = progress.add_task(f"  {c.label} seed {c.seed}", total=ccfg.trials, status="")
 
-                def on_trial(study: Any, trial: Any, result: Any, task: int = task) -> None:
-                    done = sum(1 for t in study.get_trials(deepcopy=False) if t.state.is_finished())
-                    progress.update(task, completed=done)
+            def on_trial(study: Any, trial: Any, result: Any, task: int = task) -> None:
+                done = sum(1 for t in study.get_trials(deepcopy=False) if t.state.is_finished())
+                progress.update(task, completed=done)
 
-                study = run_contender(c, run_dir, executor, str(source), on_trial)
-                progress.remove_task(task)
-                progress.update(overall, completed=i + 1, status=f"{c.study_name} done")
-                studies.append((c.label, c.seed, study))
-                s = report.summarize(c.label, c.seed, study, ccfg.trials)
-                tracker.log_study(c.study_name, {"sampler": c.cfg.sampler.name, "label": c.label, "seed": c.seed,
-                                                 "options": c.cfg.sampler.options, "trials": ccfg.trials},
-                                  {**{f"hv_at_{b}": s.hv_at(b) for b in ccfg.budgets}, "front_size": s.front_size,
-                                   "evaluations": s.evaluations, "wall_seconds": s.wall_seconds}, s.history)
-        status = "FINISHED"
-    except KeyboardInterrupt:
-        status = "KILLED"
-        raise
-    finally:
-        executor.close()
-        if status != "FINISHED":
-            tracker.finish(status)
-    files, rows, _ = report.write_report(ccfg, studies, run_dir / "report", str(source))
+            study = run_contender(c, run_dir, executor, str(source), on_trial)
+            progress.remove_task(task)
+            progress.update(overall, completed=i + 1, status=f"{c.study_name} done")
+            s = report.summarize(c.label, c.seed, study, ccfg.trials)
+            studies.append((c.label, study))
+            summaries.append(s)
+            tracker.log_study(c.study_name, {"sampler": c.cfg.sampler.name, "label": c.label, "seed": c.seed,
+                                             "options": c.cfg.sampler.options, "trials": ccfg.trials},
+                              {**{f"hv_at_{b}": s.hv_at(b) for b in ccfg.budgets}, "front_size": s.front_size,
+                               "evaluations": s.evaluations, "wall_seconds": s.wall_seconds}, s.history)
+    files, rows = report.write_report(ccfg, studies, summaries, run_dir / "report", str(source))
     tracker.log_artifacts(files, folder="report")
     tracker.finish("FINISHED")
     if args.json:

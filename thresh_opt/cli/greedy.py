@@ -7,10 +7,9 @@ import json
 from pathlib import Path
 from typing import Any
 
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from thresh_opt.cli._common import add_model_options, console, emit_json, load_from_args
+from thresh_opt.cli._common import add_model_options, console, emit_json, load_from_args, progress_bar
 from thresh_opt.cli.calibrate import add_calibration_options, spec_from_args
 from thresh_opt.errors import UserError
 
@@ -57,9 +56,8 @@ def cmd_greedy(args: argparse.Namespace) -> int:
     chunks = calibration_chunks(loaded, spec, args.cache_dir)
     modes = ["paper", "fast"] if args.mode == "both" else [args.mode]
     results = {}
-    columns = [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn()]
     for mode in modes:
-        with Progress(*columns, console=console, transient=True) as progress:
+        with progress_bar() as progress:
             task = progress.add_task(f"greedy ({mode} mode)", total=len(loaded.thresholded.names))
             results[mode] = greedy_search(
                 loaded.thresholded, chunks, mode, args.loss_inc, args.levels, not args.no_warm_start, args.keep_first,

@@ -7,11 +7,10 @@ import json
 from pathlib import Path
 from typing import Any
 
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from thresh_opt.cli import compare as compare_cmd
-from thresh_opt.cli._common import console, emit_json
+from thresh_opt.cli._common import console, emit_json, progress_bar, tracked_executor
 from thresh_opt.errors import UserError
 from thresh_opt.study.config import NEEDS_LEVELS, SAMPLERS
 
@@ -90,7 +89,6 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def _run(args: argparse.Namespace) -> int:
     from thresh_opt import analysis
-    from thresh_opt.interrupts import interruptible
     from thresh_opt.study.config import DEFAULT_STUDY
     from thresh_opt.study.driver import StudyRun, default_run_dir, run_study
     from thresh_opt.study.executors import make_executor
@@ -103,33 +101,20 @@ def _run(args: argparse.Namespace) -> int:
     run = StudyRun(cfg, space, run_dir, source=str(study_file))
     tracker = StudyTracker(cfg.tracking_uri, run_dir, cfg.name)
     tracker.log_study(study_file, cfg.model_dump(), cfg.sampler.name, cfg.seed)
-    with console.status(f"loading {cfg.model.source} ({cfg.workers} worker{'s' if cfg.workers > 1 else ''})"), \
-            interruptible():
-        executor = make_executor(cfg, space)
-    columns = [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-               TextColumn("{task.fields[status]}")]
-    status = "FAILED"
-    try:
-        with Progress(*columns, console=console, transient=True) as progress:
-            task = progress.add_task(f"{cfg.name} ({cfg.sampler.name})", total=cfg.trials, status="")
+    loading = f"loading {cfg.model.source} ({cfg.workers} worker{'s' if cfg.workers > 1 else ''})"
+    with tracked_executor(tracker, loading, lambda: make_executor(cfg, space)) as executor, \
+            progress_bar(status=True) as progress:
+        task = progress.add_task(f"{cfg.name} ({cfg.sampler.name})", total=cfg.trials, status="")
 
-            def on_trial(study: Any, trial: Any, result: Any) -> None:
-                tracker.log_trial(trial.number, trial.state.name, trial.params, result.values,
-                                  result.per_module_sparsity, result.thresholds, result.error)
-                done = sum(1 for t in study.get_trials(deepcopy=False) if t.state.is_finished())
-                best = f"trial {trial.number}: " + (result.error or ", ".join(f"{k} {v:.4g}" for k, v in
-                                                   list(result.values.items())[:3]))
-                progress.update(task, completed=done, status=best)
+        def on_trial(study: Any, trial: Any, result: Any) -> None:
+            tracker.log_trial(trial.number, trial.state.name, trial.params, result.values,
+                              result.per_module_sparsity, result.thresholds, result.error)
+            done = sum(1 for t in study.get_trials(deepcopy=False) if t.state.is_finished())
+            best = f"trial {trial.number}: " + (result.error or ", ".join(f"{k} {v:.4g}" for k, v in
+                                               list(result.values.items())[:3]))
+            progress.update(task, completed=done, status=best)
 
-            study = run_study(run, executor, on_trial)
-        status = "FINISHED"
-    except KeyboardInterrupt:
-        status = "KILLED"
-        raise
-    finally:
-        executor.close()
-        if status != "FINISHED":
-            tracker.finish(status)
+        study = run_study(run, executor, on_trial)
     files = analysis.write_plots(study, run_dir / "artifacts")
     hv = analysis.hypervolume_history(study)
     tracker.log_artifacts(files, {"hypervolume": hv[-1] if hv else 0.0, "front_size": len(analysis.pareto_front(study))})

@@ -15,6 +15,7 @@ Cost is counted in forward-equivalents (a full pass over the calibration set = 1
 
 from __future__ import annotations
 
+import contextlib
 import time
 from dataclasses import dataclass
 
@@ -22,7 +23,7 @@ import torch
 
 from thresh_opt.calibration.stats import ActivationStats, QuantileSums
 from thresh_opt.models.prefix import PassResult, PrefixRunner
-from thresh_opt.models.thresholded import ThresholdedModel
+from thresh_opt.models.thresholded import Observer, ThresholdedModel
 
 MODES = ("fast", "paper")
 RAW_BUDGET = 256 * 2**20  # bytes of one module's inputs kept raw (quantiles only if the pass is accepted)
@@ -84,28 +85,28 @@ class PaperOracle:
         self.runner = PrefixRunner(tm, chunks, batch_size)
         self.cost = Cost()
 
-    def _pass(self, observe: int | None = None, start: int = 0, stop: int | None = None,
-              capture: int | None = None) -> tuple[PassResult, ActivationStats | None]:
+    def _pass(self, observer: Observer | None = None, start: int = 0, stop: int | None = None,
+              capture: int | None = None) -> PassResult:
         began = time.perf_counter()
-        sums = QuantileSums(self.tm.names, self.levels, self.runner.device, {observe}) if observe is not None else None
-        if sums is not None:
-            with self.tm.observe(sums):
-                result = self.runner.run(start, stop, capture)
-        else:
+        with self.tm.observe(observer) if observer is not None else contextlib.nullcontext():
             result = self.runner.run(start, stop, capture)
         self.cost.seconds += time.perf_counter() - began
-        return result, (sums.result() if sums is not None else None)
+        return result
+
+    def _stats_pass(self, m: int, start: int = 0, stop: int | None = None) -> ActivationStats:
+        sums = QuantileSums(self.tm.names, self.levels, self.runner.device, {m})
+        result = self._pass(sums, start, stop)
+        self.cost.stats_passes += 1
+        self.cost.stats_fe += result.cost
+        return sums.result()
 
     def stats(self, m: int) -> ActivationStats:
         """Statistics of module m under the current thresholds."""
-        result, stats = self._pass(observe=m)
-        self.cost.stats_passes += 1
-        self.cost.stats_fe += result.cost
-        return stats
+        return self._stats_pass(m)
 
     def loss(self, m: int | None) -> float:
         """Calibration loss under the current thresholds (m: the module under search; None: dense)."""
-        result, _ = self._pass()
+        result = self._pass()
         self.cost.loss_passes += 1
         self.cost.loss_fe += result.cost
         return result.loss
@@ -120,6 +121,7 @@ class FastOracle(PaperOracle):
     def __init__(self, tm: ThresholdedModel, chunks: torch.Tensor, levels: list[float], batch_size: int = 8) -> None:
         super().__init__(tm, chunks, levels, batch_size)
         self.sites = tm.sites
+        self._tokens = chunks.numel()
         self._ref: tuple[dict[int, _Recorder], int | None, list[torch.Tensor]] = ({}, None, [])
         self._module_evals: list[tuple[dict[int, _Recorder], int | None, list[torch.Tensor]]] = []
 
@@ -134,7 +136,7 @@ class FastOracle(PaperOracle):
         if captured_block == block:
             self.runner.adopt(block, inputs)
             return
-        result, _ = self._pass(start=self.runner.cached_block, stop=block, capture=block)
+        result = self._pass(start=self.runner.cached_block, stop=block, capture=block)
         self.cost.other_fe += result.cost
         self.runner.adopt(block, result.captured)
 
@@ -146,10 +148,7 @@ class FastOracle(PaperOracle):
         if known is not None:
             return known.stats()
         b = self._block(m)
-        result, stats = self._pass(observe=m, start=b, stop=b + 1 if b + 1 < self.runner.n_blocks else None)
-        self.cost.stats_passes += 1
-        self.cost.stats_fe += result.cost
-        return stats
+        return self._stats_pass(m, start=b, stop=b + 1 if b + 1 < self.runner.n_blocks else None)
 
     def loss(self, m: int | None) -> float:
         """Calibration loss from module m's block on; records module m+1's statistics and the next
@@ -159,12 +158,8 @@ class FastOracle(PaperOracle):
         capture = start + 1 if start + 1 < self.runner.n_blocks else None
         observed = {}
         if nxt < len(self.sites):
-            tokens = sum(b.numel() for b in self.runner.batches)
-            observed[nxt] = _Recorder(self.tm.names, self.levels, self.runner.device, nxt, tokens)
-            with self.tm.observe(observed[nxt]):
-                result, _ = self._pass(start=start, capture=capture)
-        else:
-            result, _ = self._pass(start=start, capture=capture)
+            observed[nxt] = _Recorder(self.tm.names, self.levels, self.runner.device, nxt, self._tokens)
+        result = self._pass(observed.get(nxt), start=start, capture=capture)
         self.cost.loss_passes += 1
         self.cost.loss_fe += result.cost
         self._module_evals.append((observed, capture, result.captured))

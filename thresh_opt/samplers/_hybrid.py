@@ -58,7 +58,6 @@ class HybridSampler(BaseSampler):
         trial.system_attrs[PHASE] = phase
         if phase == "greedy":
             self.greedy.before_trial(study, trial)
-            trial.system_attrs.update(study._storage.get_trial(trial._trial_id).system_attrs)
             if hasattr(self.base, "get_trial_generation"):  # a genetic base: greedy trials join its population
                 self.base.get_trial_generation(study, trial)
         else:

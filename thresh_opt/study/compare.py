@@ -104,6 +104,9 @@ def load_compare(path: Path, overrides: dict[str, Any] | None = None,
     model loads."""
     data = load_yaml(path)
     if isinstance(data, dict) and overrides:
+        if "trials" in overrides and isinstance(data.get("budgets"), list):  # budgets beyond it are dropped
+            kept = [b for b in data["budgets"] if not isinstance(b, int) or b <= overrides["trials"]]
+            overrides = {"budgets": kept or [overrides["trials"]], **overrides}
         data = {**data, **overrides}
     ccfg = validate(data, CompareConfig, str(path))
     template, template_space = load_study((path.parent / ccfg.study).resolve())

@@ -37,9 +37,9 @@ class StudySummary:
 
 def summarize(label: str, seed: int, study: optuna.Study, trials: int) -> StudySummary:
     """Measure one finished (or interrupted) study."""
-    history = analysis.hypervolume_history(study)
-    return StudySummary(label, seed, study.study_name, history, evaluations(study), len(analysis.pareto_front(study)),
-                        float(study.user_attrs.get(WALL_ATTR, 0.0)), evaluations(study) < trials)
+    done = evaluations(study)
+    return StudySummary(label, seed, study.study_name, analysis.hypervolume_history(study), done,
+                        len(analysis.pareto_front(study)), float(study.user_attrs.get(WALL_ATTR, 0.0)), done < trials)
 
 
 def table(ccfg: CompareConfig, summaries: list[StudySummary]) -> list[dict[str, Any]]:
@@ -95,14 +95,12 @@ def plot_fronts(studies: dict[str, list[optuna.Study]], path: Path) -> Path | No
     names = first.user_attrs.get("thresh_opt:objectives") or []
     if len(names) < 2:
         return None
-    signs = np.array([1.0 if d.name == "MINIMIZE" else -1.0 for d in first.directions])
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for label, group in studies.items():
         points = np.array([t.values for s in group for t in analysis.pareto_front(s)])
         if not len(points):
             continue
-        m = points * signs
-        keep = [i for i in range(len(m)) if not any(np.all(m[j] <= m[i]) and np.any(m[j] < m[i]) for j in range(len(m)))]
+        keep = analysis.non_dominated(points * analysis.signs(first))
         front = points[sorted(keep, key=lambda i: points[i][0])]
         ax.step(front[:, 0], front[:, 1], where="post", marker="o", markersize=3, label=label)
     ax.set(xlabel=names[0], ylabel=names[1], title="Pareto fronts (all seeds of each sampler)")
@@ -116,8 +114,7 @@ def plot_fronts(studies: dict[str, list[optuna.Study]], path: Path) -> Path | No
 def reference_text(study: optuna.Study) -> str:
     """The hypervolume reference point, in the objectives' own units."""
     names = study.user_attrs.get("thresh_opt:objectives") or []
-    signs = np.array([1.0 if d.name == "MINIMIZE" else -1.0 for d in study.directions])
-    ref = analysis.reference_point(study) * signs
+    ref = analysis.reference_point(study) * analysis.signs(study)
     dense = study.user_attrs.get("thresh_opt:dense", {})
     return ", ".join(f"{n} {r:.4g} (dense {dense.get(n, float('nan')):.4g})" for n, r in zip(names, ref))
 
@@ -149,20 +146,19 @@ def markdown(ccfg: CompareConfig, rows: list[dict[str, Any]], summaries: list[St
     return "\n".join(lines) + "\n"
 
 
-def write_report(ccfg: CompareConfig, studies: list[tuple[str, int, optuna.Study]], folder: Path,
-                 source: str) -> tuple[list[Path], list[dict[str, Any]], list[StudySummary]]:
-    """Summaries, plots, report.md and summary.json in `folder`."""
+def write_report(ccfg: CompareConfig, studies: list[tuple[str, optuna.Study]], summaries: list[StudySummary],
+                 folder: Path, source: str) -> tuple[list[Path], list[dict[str, Any]]]:
+    """Table, plots, report.md and summary.json in `folder`, from the studies and their summaries."""
     folder.mkdir(parents=True, exist_ok=True)
-    summaries = [summarize(label, seed, s, ccfg.trials) for label, seed, s in studies]
     rows = table(ccfg, summaries)
     by_label: dict[str, list[optuna.Study]] = {}
-    for label, _, s in studies:
+    for label, s in studies:
         by_label.setdefault(label, []).append(s)
     plots = [plot_history(summaries, ccfg.trials, folder / "hypervolume.png")]
     fronts = plot_fronts(by_label, folder / "fronts.png")
     plots += [fronts] if fronts else []
-    reference = reference_text(studies[0][2])
+    reference = reference_text(studies[0][1])
     (folder / "report.md").write_text(markdown(ccfg, rows, summaries, reference, source, plots))
     (folder / "summary.json").write_text(json.dumps({"compare": ccfg.model_dump(), "reference": reference, "rows": rows,
                                                     "studies": [asdict(s) for s in summaries]}, indent=1))
-    return [folder / "report.md", folder / "summary.json", *plots], rows, summaries
+    return [folder / "report.md", folder / "summary.json", *plots], rows
