@@ -147,8 +147,9 @@ def test_invalid_arguments():
         GreedySampler({"a": 0.5})
     with pytest.raises(ValueError, match="non-empty"):
         GreedySampler({"a": [0.1]}, loss_inc=[])
-    with pytest.raises(ValueError, match="positive"):
-        GreedySampler({"a": [0.1]}, loss_inc=float("nan"))
+    for bad in (float("nan"), 1.0, 0.5, [1.001, True]):
+        with pytest.raises(ValueError, match="a number > 1"):
+            GreedySampler({"a": [0.1]}, loss_inc=bad)
 
 
 def test_search_space_adds_zero_sorts_and_dedupes():

@@ -135,11 +135,11 @@ def test_a_trial_that_raises_is_stored_as_fail_and_the_study_goes_on(tmp_path):
     real = executor.worker.evaluator.evaluate
     calls = []
 
-    def evaluate_failing_once(thresholds):  # the one injected fault: the evaluator raises on the 2nd trial
+    def evaluate_failing_once(thresholds, **kwargs):  # the one injected fault: the evaluator raises on the 2nd trial
         calls.append(1)
         if len(calls) == 2:
             raise RuntimeError("simulated evaluation failure")
-        return real(thresholds)
+        return real(thresholds, **kwargs)
 
     executor.worker.evaluator.evaluate = evaluate_failing_once
     study = run_study(StudyRun(cfg, space, tmp_path / "s"), executor)

@@ -10,6 +10,8 @@ import numpy as np
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
+from thresh_opt import keys
+
 
 def signs(study: optuna.Study) -> np.ndarray:
     """+1 per minimized objective, -1 per maximized one: values * signs are in minimization form."""
@@ -46,8 +48,8 @@ def reference_point(study: optuna.Study) -> np.ndarray:
     The dense model is the point every configuration is measured against; a configuration counts
     only where it beats it on every objective.
     """
-    dense = study.user_attrs.get("thresh_opt:dense", {})
-    names = study.user_attrs.get("thresh_opt:objectives") or []
+    dense = study.user_attrs.get(keys.DENSE, {})
+    names = study.user_attrs.get(keys.OBJECTIVES) or []
     ref = np.array([dense[n] for n in names], dtype=float) * signs(study)
     return ref + 0.1 * np.abs(ref) + 1e-9
 
@@ -69,13 +71,36 @@ def hypervolume_history(study: optuna.Study) -> list[float]:
     return history
 
 
+def cost_history(study: optuna.Study) -> list[float]:
+    """Forward-equivalents spent once each trial had finished (in trial order; the dense reference not included)."""
+    total, history = 0.0, []
+    for t in study.get_trials(deepcopy=False):
+        total += float(t.user_attrs.get("forward_equivalents", 0.0))
+        history.append(total)
+    return history
+
+
+def cost_totals(study: optuna.Study) -> dict[str, float]:
+    """What a study's trials cost: forward-equivalents (trials, and the dense reference's passes), seconds,
+    the most memory the incremental engine held, and how many trials skipped expensive objectives."""
+    trials = study.get_trials(deepcopy=False)
+    fe = sum(float(t.user_attrs.get("forward_equivalents", 0.0)) for t in trials)
+    reference = float(study.user_attrs.get(keys.REFERENCE_FE, 0.0))
+    return {"trials": len(trials), "forward_equivalents": fe, "reference_forward_equivalents": reference,
+            "total_forward_equivalents": fe + reference,
+            "seconds": sum(float(t.user_attrs.get("seconds", 0.0)) for t in trials),
+            "peak_cache_mb": max((float(t.user_attrs.get("cache_mb", 0.0)) for t in trials), default=0.0),
+            "skipped_trials": sum(1 for t in trials if keys.SKIPPED in t.user_attrs)}
+
+
 def front_table(study: optuna.Study) -> list[dict[str, Any]]:
     """The Pareto front as rows: trial number, parameters, objectives, MAC-weighted sparsity."""
-    names = study.user_attrs.get("thresh_opt:objectives") or [f"objective_{i}" for i in range(len(study.directions))]
+    names = study.user_attrs.get(keys.OBJECTIVES) or [f"objective_{i}" for i in range(len(study.directions))]
+    measured = {int(k): v for k, v in study.user_attrs.get(keys.FRONT_METRICS, {}).items()}
     rows = []
     for t in pareto_front(study):
         rows.append({"trial": t.number, **dict(zip(names, t.values)), "sparsity": t.user_attrs.get("sparsity"),
-                     "params": t.params})
+                     **{f"front:{k}": v for k, v in measured.get(t.number, {}).items()}, "params": t.params})
     return rows
 
 
@@ -88,7 +113,7 @@ def write_plots(study: optuna.Study, folder: Path) -> list[Path]:
     import plotly.express as px
 
     folder.mkdir(parents=True, exist_ok=True)
-    names = study.user_attrs.get("thresh_opt:objectives") or []
+    names = study.user_attrs.get(keys.OBJECTIVES) or []
     out = []
     rows = front_table(study)
     (folder / "pareto_front.json").write_text(json.dumps(rows, indent=1))

@@ -97,7 +97,8 @@ class StudyTracker(_Tracker):
 
     def __init__(self, tracking_uri: str | None, run_dir: Path, study_name: str) -> None:
         super().__init__(tracking_uri, run_dir, study_name)
-        self.logged = {int(r.data.tags["trial_number"]) for r in self.children() if "trial_number" in r.data.tags}
+        self.logged = {int(r.data.tags["trial_number"]): r.info.run_id for r in self.children()
+                       if "trial_number" in r.data.tags}
 
     def log_study(self, study_file: Path | None, cfg: dict[str, Any], sampler: str, seed: int) -> None:
         """Parameters of the parent run: the study file, sampler, seed, git commit and package versions."""
@@ -115,16 +116,20 @@ class StudyTracker(_Tracker):
             self.client.log_artifact(self.parent, str(study_file))
 
     def log_trial(self, number: int, state: str, params: dict[str, float], values: dict[str, float],
-                  per_module_sparsity: dict[str, float], thresholds: dict[str, float], error: str | None) -> None:
-        """A nested run for one trial (skipped if this trial was logged before a resume)."""
+                  per_module_sparsity: dict[str, float], thresholds: dict[str, float], error: str | None,
+                  costs: dict[str, float] | None = None, skipped: dict[str, str] | None = None) -> None:
+        """A nested run for one trial (skipped if this trial was logged before a resume): its parameters,
+        objective values, per-module sparsity, cost (forward-equivalents, seconds, cache MB), the objectives
+        it skipped and why (tags), and its thresholds."""
         from mlflow.entities import Metric, Param
 
         if number in self.logged:
             return
-        run = self.client.create_run(self.experiment_id, run_name=f"trial-{number}",
-                                     tags={"mlflow.parentRunId": self.parent, "trial_number": str(number), "state": state})
+        tags = {"mlflow.parentRunId": self.parent, "trial_number": str(number), "state": state}
+        tags |= {f"skipped.{k}": v[:5000] for k, v in (skipped or {}).items()}
+        run = self.client.create_run(self.experiment_id, run_name=f"trial-{number}", tags=tags)
         now = int(time.time() * 1000)
-        metrics = [Metric(k, float(v), now, 0) for k, v in values.items()]
+        metrics = [Metric(k, float(v), now, 0) for k, v in {**values, **(costs or {})}.items()]
         metrics += [Metric(f"sparsity.{k}", float(v), now, 0) for k, v in per_module_sparsity.items()]
         self.client.log_batch(run.info.run_id, metrics=metrics,
                               params=[Param(k, repr(v)) for k, v in params.items()])
@@ -132,8 +137,18 @@ class StudyTracker(_Tracker):
             self.client.log_text(run.info.run_id, json.dumps(thresholds, indent=1), "thresholds.json")
         if error:
             self.client.set_tag(run.info.run_id, "error", error[:5000])
-        self.client.set_terminated(run.info.run_id, status="FINISHED" if state == "COMPLETE" else "FAILED")
-        self.logged.add(number)
+        self.client.set_terminated(run.info.run_id, status="FAILED" if state == "FAIL" else "FINISHED")
+        self.logged[number] = run.info.run_id
+
+    def log_front(self, number: int, values: dict[str, float]) -> None:
+        """Metrics measured after the search on a Pareto-front trial, on that trial's run (``front.<name>``)."""
+        run_id = self.logged.get(number)
+        if run_id is None:
+            return
+        now = int(time.time() * 1000)
+        from mlflow.entities import Metric
+
+        self.client.log_batch(run_id, metrics=[Metric(f"front.{k}", float(v), now, 0) for k, v in values.items()])
 
 
 class CompareTracker(_Tracker):

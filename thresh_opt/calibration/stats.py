@@ -107,6 +107,31 @@ def model_fingerprint(model: torch.nn.Module) -> str:
     return h.hexdigest()
 
 
+def stats_cache_path(loaded: LoadedModel, spec: CalibrationSpec, levels: list[float] = DEFAULT_LEVELS,
+                     cache: Path | None = None) -> Path:
+    """Where the statistics of the calibration set under the model's current thresholds are cached."""
+    tm = loaded.thresholded
+    parts = [model_fingerprint(loaded.model), chunks_key(spec, loaded), json.dumps(levels), json.dumps(tm.thresholds)]
+    key = hashlib.sha256("\n".join(parts).encode()).hexdigest()[:24]
+    return (cache or cache_dir()) / "stats" / f"{key}.json"
+
+
+def read_stats(path: Path) -> ActivationStats | None:
+    """Statistics cached at `path`, or None."""
+    if not path.is_file():
+        return None
+    data = json.loads(path.read_text())
+    return ActivationStats(data["levels"], data["thresholds"])
+
+
+def write_stats(path: Path, stats: ActivationStats) -> None:
+    """Cache statistics at `path` (atomically)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps({"levels": stats.levels, "thresholds": stats.thresholds}))
+    tmp.replace(path)
+
+
 def cached_activation_stats(
     loaded: LoadedModel,
     spec: CalibrationSpec | None = None,
@@ -116,16 +141,9 @@ def cached_activation_stats(
 ) -> ActivationStats:
     """activation_stats of the calibration set under the current thresholds, cached on disk (JSON)."""
     spec = spec or CalibrationSpec()
-    tm = loaded.thresholded
-    parts = [model_fingerprint(loaded.model), chunks_key(spec, loaded), json.dumps(levels), json.dumps(tm.thresholds)]
-    key = hashlib.sha256("\n".join(parts).encode()).hexdigest()[:24]
-    path = (cache or cache_dir()) / "stats" / f"{key}.json"
-    if path.is_file():
-        data = json.loads(path.read_text())
-        return ActivationStats(data["levels"], data["thresholds"])
-    stats = activation_stats(tm, calibration_chunks(loaded, spec, cache), levels, on_batch=on_batch)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps({"levels": stats.levels, "thresholds": stats.thresholds}))
-    tmp.replace(path)
+    path = stats_cache_path(loaded, spec, levels, cache)
+    stats = read_stats(path)
+    if stats is None:
+        stats = activation_stats(loaded.thresholded, calibration_chunks(loaded, spec, cache), levels, on_batch=on_batch)
+        write_stats(path, stats)
     return stats

@@ -18,6 +18,8 @@ def register_verb(verbs: argparse._SubParsersAction) -> None:
                          "no file: studies/compare-embedded.yaml")
     p.add_argument("compare", nargs="?", type=Path, metavar="COMPARE.yaml")
     p.add_argument("--trials", type=int, help="budget per study (budgets beyond it are dropped)")
+    p.add_argument("--forward-equivalents", type=float, metavar="FE",
+                   help="budget per study in forward-equivalents (FE budgets beyond it are dropped)")
     p.add_argument("--seeds", type=lambda s: [int(x) for x in s.split(",")], help="comma-separated seeds")
     p.add_argument("--only", help="comma-separated sampler labels to run (the report covers those run)")
     p.add_argument("--workers", type=int, help="parallel trials; more than 1 runs Ray actors")
@@ -32,7 +34,8 @@ def _load(args: argparse.Namespace) -> tuple[Any, Any, list[Any], Path]:
     from thresh_opt.study.compare import DEFAULT_COMPARE, load_compare
 
     source = args.compare or DEFAULT_COMPARE
-    overrides: dict[str, Any] = {k: getattr(args, k) for k in ("trials", "seeds", "workers", "tracking_uri")
+    overrides: dict[str, Any] = {k: getattr(args, k) for k in ("trials", "forward_equivalents", "seeds", "workers",
+                                                                 "tracking_uri")
                                  if getattr(args, k) is not None}
     if args.run_dir is not None:
         overrides["run_dir"] = str(args.run_dir)
@@ -62,7 +65,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
 def _compare(args: argparse.Namespace) -> int:
     from thresh_opt.study import report
-    from thresh_opt.study.compare import compare_run_dir, run_contender
+    from thresh_opt.study.compare import compare_run_dir, evaluations, run_contender
     from thresh_opt.study.executors import make_executor
     from thresh_opt.tracking import CompareTracker
 
@@ -81,8 +84,7 @@ def _compare(args: argparse.Namespace) -> int:
             task = progress.add_task(f"  {c.label} seed {c.seed}", total=ccfg.trials, status="")
 
             def on_trial(study: Any, trial: Any, result: Any, task: int = task) -> None:
-                done = sum(1 for t in study.get_trials(deepcopy=False) if t.state.is_finished())
-                progress.update(task, completed=done)
+                progress.update(task, completed=evaluations(study))
 
             study = run_contender(c, run_dir, executor, str(source), on_trial)
             progress.remove_task(task)
@@ -92,26 +94,31 @@ def _compare(args: argparse.Namespace) -> int:
             summaries.append(s)
             tracker.log_study(c.study_name, {"sampler": c.cfg.sampler.name, "label": c.label, "seed": c.seed,
                                              "options": c.cfg.sampler.options, "trials": ccfg.trials},
-                              {**{f"hv_at_{b}": s.hv_at(b) for b in ccfg.budgets}, "front_size": s.front_size,
-                               "evaluations": s.evaluations, "wall_seconds": s.wall_seconds}, s.history)
+                              {**{f"hv_at_{b}": s.hv_at(b) for b in ccfg.budgets},
+                               **{f"hv_at_{b:g}fe": s.hv_at_fe(b) for b in ccfg.fe_budgets}, "front_size": s.front_size,
+                               "evaluations": s.evaluations, "forward_equivalents": s.forward_equivalents,
+                               "wall_seconds": s.wall_seconds}, s.history)
     files, rows = report.write_report(ccfg, studies, summaries, run_dir / "report", str(source))
     tracker.log_artifacts(files, folder="report")
     tracker.finish("FINISHED")
     if args.json:
         emit_json({"compare": ccfg.name, "run_dir": str(run_dir), "report": str(run_dir / "report" / "report.md"),
-                   "budgets": ccfg.budgets, "rows": rows})
+                   "budgets": ccfg.budgets, "fe_budgets": ccfg.fe_budgets, "rows": rows})
         return 0
     _print(ccfg, rows, run_dir)
     return 0
 
 
 def _print(ccfg: Any, rows: list[dict[str, Any]], run_dir: Path) -> None:
+    from thresh_opt.study.report import budget_columns
+
     table = Table(title=f"{ccfg.name}: hypervolume at budgets (mean ± std over seeds)")
-    for col in ["sampler", "seeds", *(f"HV @{b}" for b in ccfg.budgets), "front", "evals", "wall s"]:
+    columns = budget_columns(ccfg)
+    for col in ["sampler", "seeds", *(title for _, title in columns), "front", "evals", "FE", "wall s"]:
         table.add_column(col, justify="right")
     for r in rows:
-        cells = [f"{r[f'hv@{b}']['mean']:.4g} ± {r[f'hv@{b}']['std']:.2g}" for b in ccfg.budgets]
+        cells = [f"{r[key]['mean']:.4g} ± {r[key]['std']:.2g}" for key, _ in columns]
         table.add_row(r["sampler"], str(r["seeds"]), *cells, f"{r['front_size']:.1f}", f"{r['evaluations']:.0f}",
-                      f"{r['wall_seconds']:.0f}")
+                      f"{r['forward_equivalents']:.1f}", f"{r['wall_seconds']:.0f}")
     console.print(table)
     console.print(f"report: {run_dir / 'report' / 'report.md'}   MLflow UI: thresh-opt ui {run_dir}", highlight=False)

@@ -46,9 +46,12 @@ def cmd_greedy(args: argparse.Namespace) -> int:
     """Search, then print the choices and the cost in forward-equivalents and seconds."""
     from thresh_opt.calibration import calibration_chunks
     from thresh_opt.greedy import greedy_search
+    from thresh_opt.samplers import tolerances
 
-    if not args.loss_inc > 1.0:
-        raise UserError(f"--loss-inc: {args.loss_inc} must be > 1 (a ratio to the last accepted loss)")
+    try:
+        tolerances(args.loss_inc)
+    except ValueError as exc:
+        raise UserError(f"--loss-inc: {exc}") from None
     if args.batch_size < 1:
         raise UserError("--batch-size: must be >= 1")
     spec = spec_from_args(args)
@@ -60,8 +63,9 @@ def cmd_greedy(args: argparse.Namespace) -> int:
         with progress_bar() as progress:
             task = progress.add_task(f"greedy ({mode} mode)", total=len(loaded.thresholded.names))
             results[mode] = greedy_search(
-                loaded.thresholded, chunks, mode, args.loss_inc, args.levels, not args.no_warm_start, args.keep_first,
-                args.batch_size, on_module=lambda m, n, _c: progress.update(task, completed=m + 1))
+                loaded, spec, mode, args.loss_inc, args.levels, not args.no_warm_start, args.keep_first,
+                args.batch_size, on_module=lambda done, _n: progress.update(task, completed=done),
+                cache_dir=args.cache_dir)
     last = results[modes[-1]]
     if args.output:
         args.output.write_text(json.dumps(last.thresholds, indent=1))

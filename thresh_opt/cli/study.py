@@ -9,6 +9,7 @@ from typing import Any
 
 from rich.table import Table
 
+from thresh_opt import keys
 from thresh_opt.cli import compare as compare_cmd
 from thresh_opt.cli._common import console, emit_json, progress_bar, tracked_executor
 from thresh_opt.errors import UserError
@@ -23,6 +24,8 @@ def register(groups: argparse._SubParsersAction) -> None:
     run.add_argument("study", nargs="?", type=Path, metavar="STUDY.yaml")
     run.add_argument("--sampler", choices=list(SAMPLERS))
     run.add_argument("--trials", type=int, help="total trials in the study (a resumed study counts earlier ones)")
+    run.add_argument("--forward-equivalents", type=float, metavar="FE", dest="max_forward_equivalents",
+                     help="stop once the trials have spent FE forward-equivalents (full calibration passes)")
     run.add_argument("--workers", type=int, help="parallel trials; more than 1 runs Ray actors")
     run.add_argument("--seed", type=int)
     run.add_argument("--storage", help="Optuna storage: a journal file or an RDB URL (default: run folder)")
@@ -64,11 +67,13 @@ def _overridden(args: argparse.Namespace):  # noqa: ANN202
     from thresh_opt.study.config import load_study
 
     cfg, space = load_study(args.study)
-    updates = {k: getattr(args, k) for k in ("trials", "workers", "seed", "storage", "ray_address", "tracking_uri")
-               if getattr(args, k) is not None}
+    updates = {k: getattr(args, k) for k in ("trials", "workers", "seed", "storage", "ray_address", "tracking_uri",
+                                             "max_forward_equivalents") if getattr(args, k) is not None}
     for k, v in updates.items():
         if k in ("trials", "workers") and v < 1:
             raise UserError(f"--{k}: must be >= 1")
+        if k == "max_forward_equivalents" and not v > 0:
+            raise UserError("--forward-equivalents: must be > 0")
     if args.run_dir is not None:
         updates["run_dir"] = str(args.run_dir)
     cfg = cfg.model_copy(update=updates)
@@ -90,7 +95,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 def _run(args: argparse.Namespace) -> int:
     from thresh_opt import analysis
     from thresh_opt.study.config import DEFAULT_STUDY
-    from thresh_opt.study.driver import StudyRun, default_run_dir, run_study
+    from thresh_opt.study.driver import StudyRun, default_run_dir, evaluated, run_study
     from thresh_opt.study.executors import make_executor
     from thresh_opt.tracking import StudyTracker
 
@@ -106,23 +111,28 @@ def _run(args: argparse.Namespace) -> int:
             progress_bar(status=True) as progress:
         task = progress.add_task(f"{cfg.name} ({cfg.sampler.name})", total=cfg.trials, status="")
 
-        def on_trial(study: Any, trial: Any, result: Any) -> None:
-            tracker.log_trial(trial.number, trial.state.name, trial.params, result.values,
-                              result.per_module_sparsity, result.thresholds, result.error)
-            done = sum(1 for t in study.get_trials(deepcopy=False) if t.state.is_finished())
-            best = f"trial {trial.number}: " + (result.error or ", ".join(f"{k} {v:.4g}" for k, v in
-                                               list(result.values.items())[:3]))
-            progress.update(task, completed=done, status=best)
+        spent = [0.0]
 
-        study = run_study(run, executor, on_trial)
+        def on_trial(study: Any, trial: Any, result: Any) -> None:
+            tracker.log_trial(trial.number, trial.state.name, trial.params, result.values, result.per_module_sparsity,
+                              result.thresholds, result.error, result.cost_attrs(), result.skipped)
+            spent[0] += result.forward_equivalents
+            done = sum(1 for t in study.get_trials(deepcopy=False) if evaluated(t))
+            shown = result.error or ", ".join(f"{k} {v:.4g}" for k, v in list(result.values.items())[:2])
+            progress.update(task, completed=done, status=f"trial {trial.number}: {shown}{' (pruned)' if result.skipped else ''}"
+                            f" | {spent[0]:.1f} FE, cache {result.cache_mb:.0f} MB")
+
+        study = run_study(run, executor, on_trial, on_front=tracker.log_front)
     files = analysis.write_plots(study, run_dir / "artifacts")
     hv = analysis.hypervolume_history(study)
-    tracker.log_artifacts(files, {"hypervolume": hv[-1] if hv else 0.0, "front_size": len(analysis.pareto_front(study))})
+    totals = analysis.cost_totals(study)
+    tracker.log_artifacts(files, {"hypervolume": hv[-1] if hv else 0.0, "front_size": len(analysis.pareto_front(study)),
+                                  **{f"total.{k}": v for k, v in totals.items()}})
     tracker.finish("FINISHED")
     rows = analysis.front_table(study)
     if args.json:
-        emit_json({"study": cfg.name, "run_dir": str(run_dir), "front": rows, "final": study.user_attrs.get("thresh_opt:final"),
-                   "trials": len(study.trials)})
+        emit_json({"study": cfg.name, "run_dir": str(run_dir), "front": rows, "final": study.user_attrs.get(keys.FINAL),
+                   "trials": len(study.trials), "cost": totals})
     else:
         _print_front(study, rows, run_dir)
     return 0
@@ -166,13 +176,22 @@ def cmd_enqueue(args: argparse.Namespace) -> int:
 
 
 def _print_front(study: Any, rows: list[dict[str, Any]], run_dir: Path) -> None:
-    names = study.user_attrs.get("thresh_opt:objectives", [])
+    from thresh_opt import analysis
+
+    names = study.user_attrs.get(keys.OBJECTIVES, [])
+    measured = list(dict.fromkeys(k for r in rows for k in r if k.startswith("front:")))
     table = Table(title=f"{study.study_name}: Pareto front ({len(rows)} of {len(study.trials)} trials)")
-    for col in ["trial", *names, "sparsity"]:
+    for col in ["trial", *names, "sparsity", *measured]:
         table.add_column(col, justify="right")
     for r in rows:
-        table.add_row(str(r["trial"]), *(f"{r[n]:.4g}" for n in names), f"{(r['sparsity'] or 0):.1%}")
+        table.add_row(str(r["trial"]), *(f"{r[n]:.4g}" for n in names), f"{(r['sparsity'] or 0):.1%}",
+                      *(f"{r[m]:.4g}" if m in r else "" for m in measured))
     console.print(table)
+    c = analysis.cost_totals(study)
+    console.print(f"cost: {c['forward_equivalents']:.1f} forward-equivalents in {c['trials']} trials "
+                  f"(+ {c['reference_forward_equivalents']:.1f} for the dense reference), {c['seconds']:.1f} s of "
+                  f"evaluation, cache peak {c['peak_cache_mb']:.0f} MB; {c['skipped_trials']} trials skipped "
+                  "expensive objectives", highlight=False)
     console.print(f"run folder: {run_dir}   MLflow UI: thresh-opt ui {run_dir}", highlight=False)
 
 
@@ -210,7 +229,7 @@ def cmd_show(args: argparse.Namespace) -> int:
     if args.json:
         emit_json({"study": study.study_name, "trials": len(study.trials), "front": rows,
                    "hypervolume": (analysis.hypervolume_history(study) or [0.0])[-1],
-                   "final": study.user_attrs.get("thresh_opt:final")})
+                   "final": study.user_attrs.get(keys.FINAL), "cost": analysis.cost_totals(study)})
         return 0
     _print_front(study, rows, Path(str(args.target)))
     return 0
@@ -235,9 +254,9 @@ def cmd_export(args: argparse.Namespace) -> int:
     save_file({k: torch.tensor([v], dtype=torch.float32) for k, v in thresholds.items()}, out / "thresholds.safetensors")
     report = {"trial": t.number, "params": t.params, "objectives": {k: v for k, v in t.user_attrs.items()
               if isinstance(v, (int, float))}, "per_module_sparsity": json.loads(t.user_attrs.get("per_module_sparsity", "{}"))}
-    hw = study.user_attrs.get("thresh_opt:hardware")
+    hw = study.user_attrs.get(keys.HARDWARE)
     if hw and report["per_module_sparsity"]:
-        report["seneca"] = _seneca_report(hw, report["per_module_sparsity"], study.user_attrs.get("thresh_opt:dense_sparsity"))
+        report["seneca"] = _seneca_report(hw, report["per_module_sparsity"], study.user_attrs.get(keys.DENSE_SPARSITY))
     (out / "report.json").write_text(json.dumps(report, indent=1))
     console.print(f"wrote {out}/thresholds.json, thresholds.safetensors, report.json", highlight=False)
     return 0

@@ -1,24 +1,34 @@
-"""The published sequential greedy threshold search, run directly on a loaded model (design.md 1.3).
+"""The published sequential greedy threshold search run directly on a loaded model (design.md 1.3).
 
-The decisions come from the same walk as :class:`~thresh_opt.samplers.GreedySampler` (plain scan or
-warm start, `keep_first` quirk); only the source of statistics and losses differs by mode, so paper
-and fast mode take the same decisions whenever their numbers agree.
+It is a study: :class:`~thresh_opt.samplers.GreedySampler` in an in-memory Optuna study, driven by the
+study driver with a worker on the given model, one parameter per module, sequential statistics. The
+decisions are the sampler's; the mode only chooses how the worker measures:
+
+- ``paper``: the published procedure's cost, every pass from the tokens (a full pass per module for its
+  statistics, a full pass per candidate);
+- ``fast``: incremental evaluation (:mod:`thresh_opt.incremental`): passes start at the block under
+  search from kept block inputs, each module's statistics come from the accepted pass's record, and a
+  candidate whose thresholds were evaluated before costs nothing.
 """
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
-import torch
+from thresh_opt import keys
+from thresh_opt.incremental import Cost
 
-from thresh_opt.greedy.oracles import Cost, make_oracle
-from thresh_opt.models.thresholded import ThresholdedModel
-from thresh_opt.samplers._greedy_state import Spec, default_kind, walk
+if TYPE_CHECKING:
+    from thresh_opt.calibration import CalibrationSpec
+    from thresh_opt.models import LoadedModel
 
 LINEAR_LEVELS = [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9]
+MODES = ("fast", "paper")
 
 
 @dataclass
@@ -28,7 +38,7 @@ class ModuleChoice:
     name: str
     level: float
     threshold: float
-    tried: list[tuple[float, float, bool]]
+    tried: list[tuple[float, float | None, bool]]
 
 
 @dataclass
@@ -44,6 +54,7 @@ class GreedyResult:
     cost: Cost
     seconds: float
     per_module_sparsity: dict[str, float] = field(default_factory=dict)
+    trials: int = 0
 
     @property
     def thresholds(self) -> dict[str, float]:
@@ -59,77 +70,81 @@ class GreedyResult:
         """JSON-ready summary."""
         return {"mode": self.mode, "loss_inc": self.loss_inc, "dense_loss": self.dense_loss,
                 "final_loss": self.final_loss, "loss_ratio": self.final_loss / self.dense_loss,
-                "sparsity": self.sparsity, "seconds": self.seconds,
+                "sparsity": self.sparsity, "seconds": self.seconds, "trials": self.trials,
                 "forward_equivalents": self.cost.forward_equivalents, "cost": asdict(self.cost),
                 "choices": [asdict(c) for c in self.choices]}
 
 
-@torch.no_grad()
 def greedy_search(
-    tm: ThresholdedModel,
-    chunks: torch.Tensor,
+    loaded: LoadedModel,
+    calibration: CalibrationSpec,
     mode: str = "fast",
     loss_inc: float = 1.0005,
     levels: list[float] | None = None,
     warm_start: bool = True,
     keep_first: bool = False,
     batch_size: int = 8,
-    on_module: Callable[[int, int, ModuleChoice], None] | None = None,
+    on_module: Callable[[int, int], None] | None = None,
+    cache_mb: float = 512.0,
+    cache_dir: Path | None = None,
 ) -> GreedyResult:
     """Choose every module's threshold front to back; leaves the model at the chosen thresholds.
 
     Args:
-        tm: the thresholded model (its thresholds are reset to 0 first).
-        chunks: calibration token chunks; the same set gives statistics and losses.
-        mode: "paper" (a full pass per statistics request and per loss) or "fast".
+        loaded: the model (its thresholds are reset to 0 first).
+        calibration: the calibration set; the same set gives statistics and losses.
+        mode: "paper" (every pass from the tokens) or "fast" (incremental evaluation).
         loss_inc: accept a candidate while loss / last accepted loss < loss_inc.
         levels: candidate target sparsities, ascending (default 0.1..0.9).
         warm_start: start each module at the most frequent choice of its kind so far.
         keep_first: the public code's quirk: keep the first candidate even when it fails.
         batch_size: chunks per forward call.
-        on_module: progress callback (module index, module count, its choice).
+        on_module: progress callback (modules decided, module count).
+        cache_mb: the incremental engine's memory budget.
+        cache_dir: the disk cache of calibration tokens (default: $THRESH_OPT_CACHE).
     """
+    from thresh_opt.study.config import (
+        BaselineConfig,
+        EvaluationConfig,
+        ModelConfig,
+        ObjectiveConfig,
+        SamplerConfig,
+        SearchSpaceConfig,
+        StudyConfig,
+    )
+    from thresh_opt.study.driver import StudyRun, run_study
+    from thresh_opt.study.executors import SerialExecutor
+    from thresh_opt.study.worker import TrialWorker
+
+    if mode not in MODES:
+        raise ValueError(f"greedy mode {mode!r}; allowed: {', '.join(MODES)}")
     levels = sorted(levels or LINEAR_LEVELS)
     began = time.perf_counter()
+    tm = loaded.thresholded
     tm.reset_thresholds()
-    oracle = make_oracle(mode, tm, chunks, levels, batch_size)
-    names = tm.names
-    spec = Spec(names=tuple(names), candidates={n: tuple(levels) for n in names},
-                kinds={n: default_kind(n) for n in names}, warm_start=warm_start, keep_first=keep_first)
-    l_ref = dense = oracle.loss(None)
-    oracle.accept(None, 0)
-    accepted: dict[str, float] = {}
-    choices = []
-    for m, name in enumerate(names):
-        stats = oracle.stats(m)
-        thresholds = [stats.threshold(name, lvl) for lvl in levels]
-        losses: dict[int, tuple[int, float]] = {}  # candidate index -> (evaluation index, loss)
-        tried = []
+    n = len(tm.names)
+    cfg = StudyConfig(
+        name="greedy", model=ModelConfig(source=loaded.source), calibration=calibration,
+        objectives=[ObjectiveConfig(name="loss_ratio"), ObjectiveConfig(name="sparsity")],
+        sampler=SamplerConfig(name="greedy", options={"loss_inc": loss_inc, "warm_start": warm_start,
+                                                      "keep_first": keep_first}),
+        trials=1 + n * len(levels), baselines=BaselineConfig(dense=False, uniform=[]),
+        evaluation=EvaluationConfig(incremental=mode == "fast", cache_mb=cache_mb, batch_size=batch_size))
+    space = SearchSpaceConfig(grouping="module", levels=levels, statistics="sequential")
+    worker = TrialWorker(cfg, space, loaded=loaded, cache=cache_dir)
 
-        def outcome(i: int) -> bool:
-            tm.set_thresholds({name: thresholds[i - 1]})
-            loss = oracle.loss(m)
-            losses[i] = (len(losses), loss)
-            tried.append((levels[i - 1], loss, loss / l_ref < loss_inc))
-            return loss / l_ref < loss_inc
-
-        choice, _ = walk(len(levels), spec.start_index(name, accepted), outcome)
-        if choice == 0 and keep_first and 1 in losses:
-            choice = 1
-        if choice:
-            evaluation, l_ref = losses[choice]
-            tm.set_thresholds({name: thresholds[choice - 1]})
-            oracle.accept(m, evaluation)
-        else:
-            tm.set_thresholds({name: 0.0})
-            oracle.accept(m, None)
-        accepted[name] = levels[choice - 1] if choice else 0.0
-        choices.append(ModuleChoice(name, accepted[name], thresholds[choice - 1] if choice else 0.0, tried))
+    def progress(study: Any, _trial: Any, _result: Any) -> None:
         if on_module is not None:
-            on_module(m, len(names), choices[-1])
-    with tm.counting():
-        final = oracle.runner.run()  # one full pass for the final loss and sparsity, in both modes
-        report = tm.sparsity()
-    oracle.cost.other_fe += final.cost
-    return GreedyResult(mode, loss_inc, dense, final.loss, report.mac_weighted, choices, oracle.cost,
-                        time.perf_counter() - began, report.per_module)
+            on_module(study.sampler.progress(study)["done_modules"], n)
+
+    study = run_study(StudyRun(cfg, space, None), SerialExecutor(cfg, space, worker), progress)
+    state = study.sampler.passes(study)[0]
+    final = study.user_attrs[keys.FINAL][0]
+    trial = study.trials[final["trial"]]  # the accepted configuration was a trial (the dense one at worst)
+    choices = [ModuleChoice(name, state.accepted[name], final["thresholds"][name], state.tried.get(name, []))
+               for name in tm.names]
+    tm.set_thresholds(final["thresholds"])
+    return GreedyResult(mode, float(loss_inc), study.user_attrs[keys.DENSE]["calibration_loss"],
+                        trial.user_attrs["calibration_loss"], trial.user_attrs["sparsity"], choices, worker.engine.cost,
+                        time.perf_counter() - began, json.loads(trial.user_attrs["per_module_sparsity"]),
+                        len(study.trials))

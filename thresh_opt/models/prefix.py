@@ -1,16 +1,17 @@
-"""Forward passes over a fixed token set that start at a later block from cached block inputs.
+"""Forward passes over a fixed token set that start at a later block from given block inputs.
 
 When only the thresholds of block i onward change, blocks 0..i-1 compute the same activations as
-before: caching block i's input over the calibration set lets a pass skip them. The earlier blocks
-are swapped for pass-through modules for the duration of a pass, so the model's own forward (its
+before: given block i's input over the calibration set, a pass can skip them. The earlier blocks are
+swapped for pass-through modules for the duration of a pass, so the model's own forward (its
 embeddings, between-block steps, final norm and head) runs unchanged: nothing about an architecture is
-re-implemented here, only the placement spec's block list is used.
+re-implemented here, only the placement spec's block list is used. Who keeps which inputs is the
+caller's business (`thresh_opt.incremental`).
 """
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -20,11 +21,11 @@ from torch import nn
 
 from thresh_opt.errors import UserError
 from thresh_opt.models.specs import _submodule
-from thresh_opt.models.thresholded import ThresholdedModel
+from thresh_opt.models.thresholded import Observer, ThresholdedModel
 
 
 class _Stop(Exception):
-    """Raised by a hook to end a pass after the last block it needs."""
+    """Raised by a hook to end a pass once it has seen what it needs."""
 
 
 class _PassThrough(nn.Module):
@@ -45,12 +46,12 @@ def _hidden(args: tuple, kwargs: dict) -> torch.Tensor:
 @dataclass
 class PassResult:
     """What one pass measured: summed token loss (None when it stopped early), its cost in
-    forward-equivalents, and the block inputs it captured."""
+    forward-equivalents, and the block inputs it captured (block -> one tensor per batch)."""
 
     loss_sum: float | None
     tokens: int
     cost: float
-    captured: list[torch.Tensor] = field(default_factory=list)
+    captured: dict[int, list[torch.Tensor]] = field(default_factory=dict)
 
     @property
     def loss(self) -> float:
@@ -61,10 +62,10 @@ class PassResult:
 
 
 class PrefixRunner:
-    """Runs a thresholded model over fixed token chunks, optionally from a cached block input.
+    """Runs a thresholded model over fixed token chunks, optionally from given inputs of a later block.
 
-    Cost is counted in forward-equivalents: the MACs of the linear maps a pass runs (sites' consumers
-    per block, plus the output head) over those of a full pass, so a full pass costs 1.
+    Cost is counted in forward-equivalents: the MACs of the linear maps a pass runs (sites' consumers,
+    plus the output head) over those of a full pass, so a full pass costs 1.
 
     Args:
         tm: the thresholded model.
@@ -76,6 +77,7 @@ class PrefixRunner:
         self.tm = tm
         self.device = next(tm.model.parameters()).device
         self.batches = [b.to(self.device) for b in chunks.split(batch_size)]
+        self.tokens = int(chunks.numel())
         self.blocks: nn.ModuleList = _submodule(tm.model, tm.spec.blocks, "blocks")
         self.n_blocks = len(self.blocks)
         self.block_macs = [0] * self.n_blocks
@@ -83,67 +85,78 @@ class PrefixRunner:
             self.block_macs[s.block] += s.macs
         head = tm.model.get_output_embeddings() if hasattr(tm.model, "get_output_embeddings") else None
         self.head_macs = int(head.weight.numel()) if head is not None else 0
-        self.cached_block = 0  # block whose input over all batches is in self._cache (0: the embeddings)
-        self._cache: list[torch.Tensor] = []
-        self._extras: tuple | None = self._block_extras()
+        try:  # one probe forward, here rather than inside a measured pass
+            self._extras: tuple | None = self._block_extras()
+            self._no_skipping: UserError | None = None
+        except UserError as exc:  # blocks with state: only passes from the tokens
+            self._extras, self._no_skipping = None, exc
 
-    def cost(self, start: int, stop: int | None) -> float:
-        """Forward-equivalents of a pass through blocks start..stop-1 (stop None: to the end and the head)."""
-        end = self.n_blocks if stop is None else stop
-        done = sum(self.block_macs[start:end]) + (self.head_macs if stop is None else 0)
-        return done / (sum(self.block_macs) + self.head_macs)
+    @property
+    def full_macs(self) -> int:
+        """MACs per token of a full pass: every site's consumers and the head."""
+        return sum(self.block_macs) + self.head_macs
 
-    def adopt(self, block: int, inputs: list[torch.Tensor]) -> None:
-        """Use these inputs of `block` (captured by a pass under the thresholds now fixed upstream)."""
-        if len(inputs) != len(self.batches):
-            raise ValueError(f"{len(inputs)} cached batches for {len(self.batches)} batches")
-        self.cached_block, self._cache = block, inputs
+    def cost(self, start: int, stop_site: int | None = None) -> float:
+        """Forward-equivalents of a pass from block `start` to the end and the head, or, with `stop_site`,
+        up to that site (its consumers and the head not run)."""
+        if stop_site is None:
+            return (sum(self.block_macs[start:]) + self.head_macs) / self.full_macs
+        site = self.tm.sites[stop_site]
+        before = sum(s.macs for s in self.tm.sites[:stop_site] if s.block == site.block)
+        return (sum(self.block_macs[start:site.block]) + before) / self.full_macs
 
     @torch.no_grad()
-    def run(self, start: int = 0, stop: int | None = None, capture: int | None = None) -> PassResult:
-        """One pass over every batch, from block `start` (its cached input; 0: from the tokens) up to,
-        not including, block `stop` (None: through the head, giving the loss), capturing block
-        `capture`'s input (capture == stop works: the input is kept, then the pass ends)."""
-        if start and start != self.cached_block:
-            raise ValueError(f"block {start} has no cached input (cached: block {self.cached_block})")
-        captured: list[torch.Tensor] = []
+    def run(self, start: int = 0, inputs: Sequence[torch.Tensor] | None = None, captures: Iterable[int] = (),
+            observers: Sequence[Observer] = (), stop_site: int | None = None) -> PassResult:
+        """One pass over every batch, from block `start` (fed `inputs`, one tensor per batch; 0: from the
+        tokens) through the head, giving the loss; or up to site `stop_site`, ending right after the
+        observers have seen its input. The inputs of the blocks in `captures` are kept."""
+        if start and (inputs is None or len(inputs) != len(self.batches)):
+            raise ValueError(f"a pass from block {start} needs its input for each of the {len(self.batches)} batches")
+        if start and self._no_skipping is not None:
+            raise self._no_skipping
+        captured: dict[int, list[torch.Tensor]] = {b: [] for b in captures if b > start}
         batch_index = [0]
         hooks = []
         if start:
             def substitute(_m: nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
-                cached = self._cache[batch_index[0]]
+                cached = inputs[batch_index[0]]
                 if args:
                     return (cached, *args[1:]), kwargs
                 return args, {**kwargs, "hidden_states": cached}
 
             hooks.append(self.blocks[start].register_forward_pre_hook(substitute, with_kwargs=True))
-        if capture is not None:
-            def keep(_m: nn.Module, args: tuple, kwargs: dict) -> None:
-                captured.append(_hidden(args, kwargs).detach().clone())
+        for b, kept in captured.items():
+            def keep(_m: nn.Module, args: tuple, kwargs: dict, kept: list = kept) -> None:
+                kept.append(_hidden(args, kwargs).detach().clone())
 
-            hooks.append(self.blocks[capture].register_forward_pre_hook(keep, with_kwargs=True))
-        if stop is not None:
-            def halt(_m: nn.Module, _a: tuple, _k: dict) -> None:
-                raise _Stop  # after `keep` (hooks run in registration order)
+            hooks.append(self.blocks[b].register_forward_pre_hook(keep, with_kwargs=True))
 
-            hooks.append(self.blocks[stop].register_forward_pre_hook(halt, with_kwargs=True))
+        def halt(i: int, _x: torch.Tensor, _mask: torch.Tensor | None) -> None:
+            if i == stop_site:
+                raise _Stop  # after the other observers (they run in registration order)
+
+        watching = [*observers, halt] if stop_site is not None else list(observers)
         total, tokens = 0.0, 0
         try:
-            with self._skipping(start):
+            with self._skipping(start), contextlib.ExitStack() as stack:
+                for observer in watching:
+                    stack.enter_context(self.tm.observe(observer))
                 for i, batch in enumerate(self.batches):
                     batch_index[0] = i
                     try:
-                        logits = self.tm(input_ids=batch, use_cache=False).logits[:, :-1].float()
+                        logits = self.tm(input_ids=batch, use_cache=False).logits
                     except _Stop:
                         continue
                     targets = batch[:, 1:]
-                    total += F.cross_entropy(logits.reshape(-1, logits.size(-1)), targets.reshape(-1),
-                                             reduction="sum").item()
+                    for row in range(logits.shape[0]):  # one row at a time: no float copy of the batch's logits
+                        total += F.cross_entropy(logits[row, :-1].float(), targets[row], reduction="sum").item()
                     tokens += targets.numel()
         finally:
             for h in hooks:
                 h.remove()
-        return PassResult(None if stop is not None else total, tokens, self.cost(start, stop), captured)
+        loss = None if stop_site is not None else total
+        return PassResult(loss, tokens, self.cost(start, stop_site), {b: v for b, v in captured.items() if v})
 
     @contextlib.contextmanager
     def _skipping(self, start: int) -> Iterator[None]:
@@ -178,4 +191,5 @@ class PrefixRunner:
         if isinstance(out, tuple) and all(x is None for x in out[1:]):
             return tuple(out[1:])
         raise UserError(f"{type(self.blocks[0]).__name__} returns {type(out).__name__} with state: "
-                        "block-input caching needs blocks that return the hidden state alone (use paper mode)")
+                        "block-input caching needs blocks that return the hidden state alone "
+                        "(set evaluation.incremental: false)")

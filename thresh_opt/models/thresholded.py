@@ -20,6 +20,22 @@ Observer = Callable[[int, torch.Tensor, "torch.Tensor | None"], None]
 
 
 @dataclass(frozen=True)
+class Counts:
+    """Zero counts of the passes counted since a reset: per site (in site order) the exact zeros and the
+    channel width, and the real tokens seen. Incremental evaluation keeps them with cached block inputs
+    (the sites of skipped blocks are not counted again) and merges them."""
+
+    zeros: tuple[int, ...]
+    channels: tuple[int, ...]
+    tokens: int
+
+    def merged(self, upstream: Counts, sites: int) -> Counts:
+        """These counts with the first `sites` sites taken from `upstream` (same tokens)."""
+        return Counts(upstream.zeros[:sites] + self.zeros[sites:], upstream.channels[:sites] + self.channels[sites:],
+                      self.tokens)
+
+
+@dataclass(frozen=True)
 class SparsityReport:
     """Fractions of exact zeros in the thresholded tensors over the real (non-padding) tokens seen."""
 
@@ -70,6 +86,7 @@ class ThresholdedModel:
         self._transforms: list[Callable[[int, torch.Tensor], torch.Tensor]] = []
         self._mask: torch.Tensor | None = None
         self._tokens_now = 0
+        self.tokens_run = 0  # every token fed to the model (padding too), never reset: the work done
         self.reset_counts()
         self._handles: list[torch.utils.hooks.RemovableHandle] = []
         self._attach()
@@ -119,13 +136,18 @@ class ThresholdedModel:
         self.reset_counts()
         yield self
 
-    def sparsity(self) -> SparsityReport:
-        """Per-module and MAC-weighted sparsity of the passes counted since the last reset."""
-        if self._tokens == 0:
+    def counts(self) -> Counts:
+        """A snapshot of the zeros counted since the last reset."""
+        return Counts(tuple(int(z) for z in self._zeros), tuple(self._channels), self._tokens)
+
+    def sparsity(self, counts: Counts | None = None) -> SparsityReport:
+        """Per-module and MAC-weighted sparsity of the passes counted since the last reset (or of `counts`)."""
+        counts = counts or self.counts()
+        if counts.tokens == 0:
             raise RuntimeError("no tokens counted: run a forward pass first")
         per = {
-            n: float(z) / (self._tokens * c) if c else 0.0
-            for n, z, c in zip(self.names, self._zeros, self._channels)
+            n: float(z) / (counts.tokens * c) if c else 0.0
+            for n, z, c in zip(self.names, counts.zeros, counts.channels)
         }
         macs = [s.macs for s in self.sites]
         weighted = sum(per[s.name] * s.macs for s in self.sites) / sum(macs)
@@ -133,7 +155,7 @@ class ThresholdedModel:
         for s in self.sites:
             kinds.setdefault(s.kind, []).append((per[s.name], s.macs))
         per_kind = {k: sum(p * m for p, m in v) / sum(m for _, m in v) for k, v in kinds.items()}
-        return SparsityReport(per, per_kind, weighted, sum(per.values()) / len(per), self._tokens)
+        return SparsityReport(per, per_kind, weighted, sum(per.values()) / len(per), counts.tokens)
 
     def zero_counts(self) -> dict[str, int]:
         """Exact zeros counted per module since the last reset."""
@@ -199,6 +221,8 @@ class ThresholdedModel:
             self._tokens_now = int(mask.sum())
         elif ids is not None:
             self._tokens_now = ids.shape[0] * ids.shape[1]
+        if ids is not None:
+            self.tokens_run += ids.shape[0] * ids.shape[1]
         self._mask = mask
         self._tokens += self._tokens_now
 

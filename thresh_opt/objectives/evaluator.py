@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping
-from dataclasses import dataclass, field
+from collections.abc import Callable, Mapping
+from dataclasses import asdict, dataclass, field, replace
 from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -13,6 +13,7 @@ import torch
 
 from thresh_opt.calibration import CalibrationSpec, calibration_chunks
 from thresh_opt.errors import UserError
+from thresh_opt.incremental import Cost, IncrementalEngine
 from thresh_opt.objectives.text import mean_loss, next_word_accuracy, next_word_examples, perplexity, token_chunks
 
 if TYPE_CHECKING:
@@ -21,14 +22,20 @@ if TYPE_CHECKING:
 
 @dataclass(frozen=True)
 class Objective:
-    """A named objective: what it measures and which way is better."""
+    """A named objective: what it measures, which way is better, and what computing it takes."""
 
     name: str
     direction: str  # minimize | maximize
     description: str
     needs: str  # calibration | evaluation | next_word | lm_eval | hardware
 
+    @property
+    def expensive(self) -> bool:
+        """True when it takes forward passes of its own (the calibration pass gives the cheap ones)."""
+        return self.needs in EXPENSIVE_NEEDS
 
+
+EXPENSIVE_NEEDS = ("evaluation", "next_word", "lm_eval")  # in the order they are computed
 OBJECTIVES = {
     o.name: o
     for o in [
@@ -57,9 +64,13 @@ def check_objectives(names: list[str]) -> list[str]:
     return list(names)
 
 
+Gate = Callable[[dict[str, float]], "str | None"]
+
+
 @dataclass
 class Evaluation:
-    """The objectives of one configuration, with the dense reference and the details behind them."""
+    """The objectives of one configuration, with the dense reference, the details behind them, the
+    objectives skipped (name -> why) and the work it took."""
 
     values: dict[str, float]
     dense: dict[str, float]
@@ -67,15 +78,23 @@ class Evaluation:
     tasks: dict[str, dict[str, float]] = field(default_factory=dict)
     hardware: dict[str, Any] = field(default_factory=dict)
     seconds: float = 0.0
+    skipped: dict[str, str] = field(default_factory=dict)
+    cost: Cost = field(default_factory=Cost)
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready dict."""
-        return {"objectives": self.values, "dense": self.dense, "tasks": self.tasks,
-                "per_module_sparsity": self.per_module_sparsity, "hardware": self.hardware, "seconds": self.seconds}
+        return {"objectives": self.values, "dense": self.dense, "tasks": self.tasks, "skipped": self.skipped,
+                "per_module_sparsity": self.per_module_sparsity, "hardware": self.hardware, "seconds": self.seconds,
+                "forward_equivalents": self.cost.forward_equivalents, "cost": asdict(self.cost)}
 
 
 class Evaluator:
     """Evaluates thresholds configurations on one loaded model, reusing tokens, statistics and lm-eval tasks.
+
+    The calibration loss and zero counts come from one pass of the incremental engine
+    (:class:`~thresh_opt.incremental.IncrementalEngine`: it starts at the first block whose upstream
+    thresholds differ from a kept pass); the expensive objectives (held-out perplexity, next-word and lm-eval
+    accuracy) run after it, unless a gate says they cannot matter.
 
     Example:
         >>> ev = Evaluator(load_model("embedded:rwkv4-tiny"), ["loss_ratio", "sparsity"])  # doctest: +SKIP
@@ -89,6 +108,10 @@ class Evaluator:
         tasks: lm-eval tasks (names, local folders, NAME=FOLDER) for `accuracy`.
         limit: first N examples per lm-eval task, the same in every evaluation.
         profile: SENECA hardware profile file for the energy and latency objectives (default: shipped).
+        cache: the disk cache folder for calibration tokens.
+        batch_size: chunks per forward call.
+        cache_mb: the incremental engine's memory budget (block inputs, recorded module inputs).
+        incremental: False runs every calibration pass from the tokens (the published procedure's cost).
     """
 
     def __init__(
@@ -104,6 +127,8 @@ class Evaluator:
         batch_size: int = 8,
         eval_chunks: int = 32,
         next_word_limit: int = 200,
+        cache_mb: float = 512.0,
+        incremental: bool = True,
     ) -> None:
         self.loaded = loaded
         self.objectives = check_objectives(objectives or DEFAULT_OBJECTIVES)
@@ -119,12 +144,19 @@ class Evaluator:
         self._eval_text = eval_text
         self.tasks, self.limit, self.hardware = list(tasks or []), limit, hardware
         self.cache, self.batch_size, self.eval_chunks, self.next_word_limit = cache, batch_size, eval_chunks, next_word_limit
+        self.cache_mb, self.incremental = cache_mb, incremental
 
     # ---- data, built once -------------------------------------------------------------------------
     @cached_property
     def calibration_chunks(self) -> torch.Tensor:
         """The calibration token chunks (disk-cached)."""
         return calibration_chunks(self.loaded, self.calibration, self.cache)
+
+    @cached_property
+    def engine(self) -> IncrementalEngine:
+        """The incremental engine over the calibration chunks."""
+        return IncrementalEngine(self.loaded.thresholded, self.calibration_chunks, self.batch_size, self.cache_mb,
+                                 self.incremental)
 
     @cached_property
     def eval_text(self) -> str:
@@ -149,45 +181,75 @@ class Evaluator:
         saved = self.loaded.thresholded.thresholds
         self.loaded.thresholded.reset_thresholds()
         try:
-            return self._measure(None)
+            return self._measure(None, self.objectives, None)
         finally:
             self.loaded.thresholded.set_thresholds(saved)
 
     # ---- evaluation ---------------------------------------------------------------------------------
-    def evaluate(self, thresholds: Mapping[str, float] | None) -> Evaluation:
-        """All selected objectives for these thresholds (None or {} = dense); unnamed modules get 0."""
+    def evaluate(self, thresholds: Mapping[str, float] | None, only: list[str] | None = None,
+                 gate: Gate | None = None, first: str | None = None) -> Evaluation:
+        """The selected objectives (or those in `only`) for these thresholds (None or {} = dense; unnamed
+        modules get 0).
+
+        With a gate, the cheap objectives (and `first`, when expensive) are computed first; if
+        gate(values) gives a reason, the other expensive objectives are skipped, with that reason.
+        """
         tm = self.loaded.thresholded
         full = {n: 0.0 for n in tm.names} | dict(thresholds or {})
         dense = self.dense  # first, so that it runs dense
         tm.set_thresholds(full)
-        return self._measure(dense)
+        names = check_objectives(only) if only is not None else self.objectives
+        return self._measure(dense, names, gate, first)
 
     @torch.no_grad()
-    def _measure(self, dense: Evaluation | None) -> Evaluation:
+    def _measure(self, dense: Evaluation | None, names: list[str], gate: Gate | None,
+                 first: str | None = None) -> Evaluation:
         started = time.perf_counter()
+        before = replace(self.engine.cost)
         tm = self.loaded.thresholded
+        needs = {OBJECTIVES[o].needs for o in names}
         raw: dict[str, float] = {}
         ev = Evaluation(values={}, dense=dense.values if dense else {})
-        if self.needs & {"calibration", "hardware"}:
-            with tm.counting():
-                raw["calibration_loss"] = mean_loss(self.loaded.model, self.calibration_chunks, self.batch_size)
-            report = tm.sparsity()
+        if needs & {"calibration", "hardware"}:
+            outcome = self.engine.evaluate([tm.thresholds[n] for n in tm.names])
+            raw["calibration_loss"] = outcome.loss
+            report = tm.sparsity(outcome.counts)
             raw["sparsity"] = report.mac_weighted
             ev.per_module_sparsity = report.per_module
-        if "evaluation" in self.needs:
-            raw["perplexity"] = perplexity(mean_loss(self.loaded.model, self.eval_chunks_tensor, self.batch_size))
-        if "next_word" in self.needs:
-            examples = next_word_examples(self.eval_text, limit=self.next_word_limit)
-            raw["next_word_accuracy"] = next_word_accuracy(self.loaded.model, self.loaded.tokenizer, examples)
-        if "lm_eval" in self.needs:
-            ev.tasks = self.lm_eval.evaluate()
-            raw["accuracy"] = sum(r[ref.metric] for ref, r in zip(self.lm_eval.refs, ev.tasks.values())) / len(ev.tasks)
-        if "hardware" in self.needs:
+        if "hardware" in needs:
             dense_sparsity = dense.per_module_sparsity if dense else ev.per_module_sparsity
             ev.hardware = self.hardware(ev.per_module_sparsity, dense_sparsity)
             raw.update({k: ev.hardware[k] for k in ("energy", "latency", "energy_gain", "latency_gain")})
         if "calibration_loss" in raw:
             raw["loss_ratio"] = raw["calibration_loss"] / (dense.values["calibration_loss"] if dense else raw["calibration_loss"])
-        ev.values = {k: raw[k] for k in self.objectives if k in raw} | {k: v for k, v in raw.items() if k not in self.objectives}
+        expensive = [g for g in EXPENSIVE_NEEDS if g in needs]
+        if gate is not None:
+            early = [g for g in expensive if first is not None and OBJECTIVES[first].needs == g]
+            self._expensive(early, raw, ev)
+            reason = gate(dict(raw))
+            if reason is not None:
+                ev.skipped = {o: reason for o in names if OBJECTIVES[o].needs in expensive and o not in raw}
+                expensive = []
+            else:
+                expensive = [g for g in expensive if g not in early]
+        self._expensive(expensive, raw, ev)
+        ev.values = {k: raw[k] for k in names if k in raw} | {k: v for k, v in raw.items() if k not in names}
         ev.seconds = time.perf_counter() - started
+        ev.cost = replace(self.engine.cost.since(before), seconds=ev.seconds)
         return ev
+
+    def _expensive(self, groups: list[str], raw: dict[str, float], ev: Evaluation) -> None:
+        """Compute the expensive objective groups; their forwards count as `other` work, by tokens run."""
+        if not groups:
+            return
+        tm = self.loaded.thresholded
+        tokens = tm.tokens_run
+        if "evaluation" in groups:
+            raw["perplexity"] = perplexity(mean_loss(self.loaded.model, self.eval_chunks_tensor, self.batch_size))
+        if "next_word" in groups:
+            examples = next_word_examples(self.eval_text, limit=self.next_word_limit)
+            raw["next_word_accuracy"] = next_word_accuracy(self.loaded.model, self.loaded.tokenizer, examples)
+        if "lm_eval" in groups:
+            ev.tasks = self.lm_eval.evaluate()
+            raw["accuracy"] = sum(r[ref.metric] for ref, r in zip(self.lm_eval.refs, ev.tasks.values())) / len(ev.tasks)
+        self.engine.cost.other_fe += (tm.tokens_run - tokens) / self.engine.runner.tokens

@@ -18,13 +18,16 @@ from thresh_opt.samplers._greedy_state import MODULE
 from thresh_opt.samplers._greedy_state import PARAMS
 from thresh_opt.samplers._greedy_state import PASS
 from thresh_opt.samplers._greedy_state import PASS_ID
+from thresh_opt.samplers._greedy_state import REFERENCE
 from thresh_opt.samplers._greedy_state import ROLE
 from thresh_opt.samplers._greedy_state import STEP
 from thresh_opt.samplers._greedy_state import TOLERANCE
+from thresh_opt.samplers._greedy_state import Acceptance
 from thresh_opt.samplers._greedy_state import default_kind
 from thresh_opt.samplers._greedy_state import read_ledger
 from thresh_opt.samplers._greedy_state import replay_pass
 from thresh_opt.samplers._greedy_state import Spec
+from thresh_opt.samplers._greedy_state import tolerances
 
 
 if TYPE_CHECKING:
@@ -88,7 +91,8 @@ class GreedySampler(BaseSampler):
     trials (COMPLETE ones give results, RUNNING ones count as issued) and stamps it into the trial's
     system attributes ``greedy:role`` (``"dense"``, ``"candidate"``, ``"wait"``, ``"finished"``),
     ``greedy:pass``, ``greedy:tolerance``, ``greedy:module``, ``greedy:candidate``, ``greedy:step``
-    (module index, -1 for the dense trial) and ``greedy:params``. A new sampler on the same storage
+    (module index, -1 for the dense trial), ``greedy:params`` and, for a candidate whose reference loss
+    is known, ``greedy:reference`` (:meth:`acceptance` gives the rule that will judge it). A new sampler on the same storage
     continues where the old one stopped. Trials it did not issue (enqueued baselines, other samplers,
     a sampler with other settings) are ignored.
 
@@ -109,8 +113,10 @@ class GreedySampler(BaseSampler):
 
     Note:
         Trial states: FAIL (the evaluation raised) rejects its candidate; a COMPLETE trial without a
-        finite loss in ``loss_key`` rejects it too. PRUNED means abandoned (e.g. a RUNNING trial left
-        by a killed driver): its candidate is issued again. A failed dense trial is issued again.
+        finite loss in ``loss_key`` rejects it too. A PRUNED trial with a finite loss (a driver skipped
+        its expensive objectives because the loss failed :meth:`acceptance`) counts by that loss. A PRUNED
+        trial without one is abandoned (e.g. a RUNNING trial left by a killed driver): its candidate is
+        issued again. A failed dense trial is issued again.
         Once all passes are done, :meth:`is_finished` is True and every further trial repeats the
         last pass's final configuration, stamped ``"finished"``.
 
@@ -119,8 +125,8 @@ class GreedySampler(BaseSampler):
             Parameter name -> candidate target sparsities (non-negative). The dict order is the
             module order. 0.0 is added when missing; duplicates are dropped.
         loss_inc:
-            The tolerance, or a list of them: one full pass per tolerance, in the given order, each
-            from scratch (all dense). A list traces a front.
+            The tolerance (> 1), or a list of them: one full pass per tolerance, in the given order,
+            each from scratch (all dense). A list traces a front.
         loss_key:
             The trial user attribute holding the (positive) loss the decisions use.
         warm_start:
@@ -153,12 +159,7 @@ class GreedySampler(BaseSampler):
                 if not _is_number(v) or v < 0:
                     raise ValueError(f"candidates of {name!r} must be finite numbers >= 0, got {v!r}")
             candidates[name] = tuple(sorted({float(v) for v in values if v > 0}))
-        tolerances = [loss_inc] if isinstance(loss_inc, Real) else list(loss_inc)
-        if not tolerances:
-            raise ValueError("loss_inc must be a number or a non-empty list of numbers")
-        for tol in tolerances:
-            if not _is_number(tol) or tol <= 0:
-                raise ValueError(f"loss_inc must be finite and positive, got {tol!r}")
+        self._tolerances = tolerances(loss_inc)
         kind = kind_of or default_kind
         self._spec = Spec(
             names=tuple(candidates),
@@ -167,7 +168,6 @@ class GreedySampler(BaseSampler):
             warm_start=bool(warm_start),
             keep_first=bool(keep_first),
         )
-        self._tolerances = tuple(float(t) for t in tolerances)
         self._loss_key = loss_key
         self._pass_ids = tuple(self._pass_id(p) for p in range(len(self._tolerances)))
 
@@ -183,6 +183,11 @@ class GreedySampler(BaseSampler):
             "pass": p,
         }
         return hashlib.sha1(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
+
+    @property
+    def loss_key(self) -> str:
+        """The trial user attribute (an objective of the study) the decisions read."""
+        return self._loss_key
 
     @property
     def search_space(self) -> dict[str, list[float]]:
@@ -227,6 +232,20 @@ class GreedySampler(BaseSampler):
     def is_finished(self, study: Study) -> bool:
         """True when every pass is done."""
         return self._derive(study)[1] is None
+
+    def passes(self, study: Study) -> list[PassState]:
+        """Every finished pass, then the current one (if any): accepted values, and per module the
+        candidates tried with their losses and verdicts."""
+        done, current, _ = self._derive(study)
+        return done + ([current] if current is not None else [])
+
+    def acceptance(self, study: Study, number: int) -> Acceptance | None:
+        """The rule that will judge trial `number`'s loss, when the sampler issued it as a candidate whose
+        reference loss was known (a trial that fails it cannot change any decision)."""
+        attrs = study.get_trials(deepcopy=False)[number].system_attrs
+        if attrs.get(ROLE) != "candidate" or not _is_number(attrs.get(REFERENCE)):
+            return None
+        return Acceptance(attrs[REFERENCE], attrs[TOLERANCE])
 
     def final_params(self, study: Study) -> list[dict[str, float]]:
         """The accepted value of every parameter, one dict per finished pass, in tolerance order.
@@ -276,6 +295,8 @@ class GreedySampler(BaseSampler):
                 key = issuable[0]
                 role = "dense" if key[1] is None else "candidate"
                 stamp = self._stamp(role, key[0], key[1], key[2], -1 if key[1] is None else step)
+                if role == "candidate" and current.acceptance is not None:
+                    stamp[REFERENCE] = current.acceptance.reference
                 params = self._config(current, key)
             else:
                 _logger.warning(

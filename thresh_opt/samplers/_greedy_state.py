@@ -1,4 +1,8 @@
-"""Replay of the sequential greedy search from stored trials: pure functions, no sampler API.
+"""The sequential greedy search (design.md 1.3) as a replay of stored results: pure functions, no sampler
+API, no model. This is the one place of its decision logic (the walk, the warm start, the acceptance
+rule, the keep-first quirk, the update of the reference loss): the Optuna adapter
+(:class:`~thresh_opt.samplers.GreedySampler`) drives it, and the direct search on a model
+(`thresh_opt.greedy`) runs that sampler.
 
 A trial issued by :class:`~thresh_opt.samplers.GreedySampler` is one *evaluation key*
 ``(pass, module, candidate)``; the dense trial of a pass is ``(pass, None, 0.0)``. The configuration
@@ -36,6 +40,7 @@ MODULE = "greedy:module"  # parameter under search (None for the dense trial)
 CANDIDATE = "greedy:candidate"  # its value in this trial (0.0 for the dense trial)
 STEP = "greedy:step"  # index of the module in the order (-1 for the dense trial)
 PARAMS = "greedy:params"  # the whole assignment of the trial
+REFERENCE = "greedy:reference"  # L_ref its candidate is judged against (None while unknown)
 
 Key = tuple[int, "str | None", float]
 
@@ -50,6 +55,29 @@ def default_kind(name: str) -> str:
     """
     match = _KIND.match(name)
     return match.group(1) if match else name
+
+
+def tolerances(loss_inc: object) -> tuple[float, ...]:
+    """The tolerance list of `loss_inc` (a number > 1, or a non-empty list of them), or a ValueError."""
+    values = list(loss_inc) if isinstance(loss_inc, (list, tuple)) else [loss_inc]
+    bad = [v for v in values if isinstance(v, bool) or not isinstance(v, (int, float))
+           or not math.isfinite(v) or v <= 1]
+    if not values or bad:
+        raise ValueError(f"loss_inc must be a number > 1 (a ratio to the last accepted loss) or a non-empty list "
+                         f"of them, got {loss_inc!r}")
+    return tuple(float(v) for v in values)
+
+
+@dataclass(frozen=True)
+class Acceptance:
+    """The published acceptance rule: a candidate passes while loss / reference < tolerance."""
+
+    reference: float  # L_ref: the loss of the last accepted configuration
+    tolerance: float
+
+    def accepts(self, loss: float | None) -> bool:
+        """True when the loss passes (a missing loss never does)."""
+        return loss is not None and loss / self.reference < self.tolerance
 
 
 @dataclass(frozen=True)
@@ -93,8 +121,9 @@ def read_ledger(trials: Iterable[FrozenTrial], pass_ids: tuple[str, ...], loss_k
     """Results and pending keys of the trials this sampler issued (other trials are skipped).
 
     COMPLETE gives the loss in ``user_attrs[loss_key]`` (missing or not finite: a rejection); FAIL is a
-    rejection; RUNNING is pending; PRUNED (an abandoned trial) and WAITING count as never issued.
-    Duplicates of a key: the first COMPLETE trial with a loss wins.
+    rejection; RUNNING is pending; PRUNED with a finite loss (its expensive objectives were skipped) gives
+    that loss; PRUNED without one (an abandoned trial) and WAITING count as never issued. Duplicates of a
+    key: the first result with a loss wins.
     """
     ledger = Ledger()
     for t in trials:
@@ -107,7 +136,7 @@ def read_ledger(trials: Iterable[FrozenTrial], pass_ids: tuple[str, ...], loss_k
         key: Key = (p, attrs.get(MODULE), float(attrs.get(CANDIDATE, 0.0)))
         if t.state == TrialState.RUNNING:
             ledger.pending.add(key)
-        elif t.state == TrialState.COMPLETE:
+        elif t.state == TrialState.COMPLETE or (t.state == TrialState.PRUNED and _finite(t.user_attrs.get(loss_key))):
             loss = _finite(t.user_attrs.get(loss_key))
             if ledger.losses.get(key) is None:
                 ledger.losses[key] = loss
@@ -154,6 +183,8 @@ class PassState:
     accepted: dict[str, float]  # decided modules, in order (all of them when the pass is done)
     module: int  # index of the module under search; len(names) when done
     frontier: list[Key]  # keys on the search path without a result, in order (dense first)
+    acceptance: Acceptance | None = None  # the rule of the module under search (of the last one when done)
+    tried: dict[str, list[tuple[float, float | None, bool]]] = field(default_factory=dict)  # (candidate, loss, ok)
 
     @property
     def done(self) -> bool:
@@ -166,23 +197,28 @@ def replay_pass(spec: Spec, p: int, tolerance: float, ledger: Ledger) -> PassSta
     l_ref = ledger.losses.get(dense)  # a failed dense trial is issued again
     frontier: list[Key] = [] if l_ref is not None else [dense]
     accepted: dict[str, float] = {}
+    tried: dict[str, list[tuple[float, float | None, bool]]] = {}
+    rule = None
     for m, name in enumerate(spec.names):
         cands = spec.candidates[name]
+        rule = Acceptance(l_ref, tolerance) if l_ref is not None else None
+        seen = tried[name] = []
 
         def outcome(i: int) -> bool | None:
             key = (p, name, cands[i - 1])
-            if l_ref is None or key not in ledger.losses:
+            if rule is None or key not in ledger.losses:
                 return None  # without L_ref nothing is known, but the path is (speculation)
             loss = ledger.losses[key]
-            return loss is not None and loss / l_ref < tolerance
+            seen.append((cands[i - 1], loss, rule.accepts(loss)))
+            return seen[-1][2]
 
         choice, unknown = walk(len(cands), spec.start_index(name, accepted), outcome)
         frontier += [(p, name, cands[i - 1]) for i in unknown]
         if frontier:
-            return PassState(p, accepted, m, frontier)
+            return PassState(p, accepted, m, frontier, rule, tried)
         if choice == 0 and spec.keep_first and cands and ledger.losses.get((p, name, cands[0])) is not None:
             choice = 1  # the public code's quirk: a failing first candidate is kept (unless it raised)
         if choice:
             l_ref = ledger.losses[(p, name, cands[choice - 1])]
         accepted[name] = cands[choice - 1] if choice else 0.0
-    return PassState(p, accepted, len(spec.names), [])
+    return PassState(p, accepted, len(spec.names), [], rule, tried)

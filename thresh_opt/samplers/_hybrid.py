@@ -13,6 +13,8 @@ if TYPE_CHECKING:
     from optuna.study import Study
     from optuna.trial import FrozenTrial, TrialState
 
+    from thresh_opt.samplers._greedy_state import Acceptance
+
 PHASE = "hybrid:phase"
 
 
@@ -47,6 +49,25 @@ class HybridSampler(BaseSampler):
     def needs_wait(self, study: Study) -> bool:
         """In the greedy phase: True when the next candidates depend on running trials."""
         return self._greedy_phase(study) and self.greedy.needs_wait(study)
+
+    @property
+    def loss_key(self) -> str:
+        """The greedy part's criterion."""
+        return self.greedy.loss_key
+
+    def is_finished(self, study: Study) -> bool:
+        """Never: the base sampler refines until the budget is spent."""
+        return False
+
+    def final_params(self, study: Study) -> list[dict[str, float]]:
+        """The finished greedy passes' configurations."""
+        return self.greedy.final_params(study)
+
+    def acceptance(self, study: Study, number: int) -> Acceptance | None:
+        """The greedy rule that will judge a greedy-phase trial (None for the base sampler's trials)."""
+        if study.get_trials(deepcopy=False)[number].system_attrs.get(PHASE) != "greedy":
+            return None
+        return self.greedy.acceptance(study, number)
 
     def phase(self, study: Study) -> str:
         """'greedy' or 'base': who issues the next (not enqueued) trial."""

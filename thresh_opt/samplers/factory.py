@@ -63,17 +63,33 @@ def _hybrid_parts(options: dict[str, Any], source: str) -> tuple[dict[str, Any],
     return own, greedy
 
 
+def _check_greedy(options: dict[str, Any], source: str) -> None:
+    """The greedy options that can be checked without a model: names, order and tolerances."""
+    from thresh_opt.samplers import tolerances
+
+    options = dict(options)
+    order = options.pop("order", "forward")
+    if order not in GREEDY_ORDERS:
+        raise ConfigError(source, "sampler.options.order", f"{order!r}; allowed: {', '.join(GREEDY_ORDERS)}")
+    _check(sampler_class("greedy"), options, source)
+    if "loss_inc" in options:
+        try:
+            tolerances(options["loss_inc"])
+        except ValueError as exc:
+            raise ConfigError(source, "sampler.options.loss_inc", str(exc)) from None
+
+
 def check_sampler_options(cfg: SamplerConfig, source: str) -> None:
     """Fail early, before any model loads, on an option the sampler does not have."""
     options = dict(cfg.options)
     if cfg.name == "hybrid":
         own, greedy = _hybrid_parts(options, source)
-        greedy.pop("order", None)
-        _check(sampler_class("greedy"), greedy, source)
+        _check_greedy(greedy, source)
         _check(sampler_class(own["base"]), own["base_options"], source + " (base_options)")
         return
-    if cfg.name == "greedy" and options.pop("order", "forward") not in GREEDY_ORDERS:
-        raise ConfigError(source, "sampler.options.order", f"{cfg.options['order']!r}; allowed: {', '.join(GREEDY_ORDERS)}")
+    if cfg.name == "greedy":
+        _check_greedy(options, source)
+        return
     _check(sampler_class(cfg.name), options, source)
 
 

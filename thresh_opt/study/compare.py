@@ -14,9 +14,9 @@ from pathlib import Path
 from typing import Any, Literal
 
 import optuna
-from optuna.trial import TrialState
 from pydantic import Field, field_validator, model_validator
 
+from thresh_opt import keys
 from thresh_opt.config import load_yaml, validate
 from thresh_opt.errors import ConfigError
 from thresh_opt.study.config import (
@@ -29,10 +29,9 @@ from thresh_opt.study.config import (
     load_space,
     load_study,
 )
-from thresh_opt.study.driver import StudyRun, TrialCallback, run_study
+from thresh_opt.study.driver import StudyRun, TrialCallback, evaluated, run_study
 
 DEFAULT_COMPARE = REPO_DIR / "studies" / "compare-embedded.yaml"
-WALL_ATTR = "thresh_opt:wall_seconds"
 DETERMINISTIC = ("greedy",)  # samplers whose trials do not depend on the seed: run once
 
 
@@ -59,6 +58,8 @@ class CompareConfig(_Strict):
     seeds: list[int] = Field(default_factory=lambda: [0, 1, 2], min_length=1)
     trials: int = Field(60, ge=1)
     budgets: list[int] = Field(default_factory=list)  # trial counts to report hypervolume at
+    forward_equivalents: float | None = Field(None, gt=0)  # each study's budget in FE (trials stays a cap)
+    fe_budgets: list[float] = Field(default_factory=list)  # forward-equivalents to report hypervolume at
     search_space: str | None = None  # for every entry without its own (default: the template's)
     workers: int | None = Field(None, ge=1)
     run_dir: str | None = None
@@ -71,6 +72,13 @@ class CompareConfig(_Strict):
             raise ValueError("budgets are trial counts >= 1")
         return sorted(set(v))
 
+    @field_validator("fe_budgets")
+    @classmethod
+    def _positive_fe(cls, v: list[float]) -> list[float]:
+        if any(b <= 0 for b in v):
+            raise ValueError("fe_budgets are forward-equivalents > 0")
+        return sorted(set(v))
+
     @model_validator(mode="after")
     def _checks(self) -> CompareConfig:
         keys = [e.key for e in self.samplers]
@@ -80,6 +88,13 @@ class CompareConfig(_Strict):
             self.budgets = sorted({max(1, self.trials // 4), max(1, self.trials // 2), self.trials})
         if self.budgets[-1] > self.trials:
             raise ValueError(f"a budget ({self.budgets[-1]}) exceeds trials ({self.trials})")
+        if self.forward_equivalents is not None:
+            if not self.fe_budgets:
+                fe = self.forward_equivalents
+                self.fe_budgets = sorted({fe / 4, fe / 2, fe})
+            if self.fe_budgets[-1] > self.forward_equivalents:
+                raise ValueError(f"an FE budget ({self.fe_budgets[-1]:g}) exceeds forward_equivalents "
+                                 f"({self.forward_equivalents:g})")
         return self
 
 
@@ -104,9 +119,10 @@ def load_compare(path: Path, overrides: dict[str, Any] | None = None,
     model loads."""
     data = load_yaml(path)
     if isinstance(data, dict) and overrides:
-        if "trials" in overrides and isinstance(data.get("budgets"), list):  # budgets beyond it are dropped
-            kept = [b for b in data["budgets"] if not isinstance(b, int) or b <= overrides["trials"]]
-            overrides = {"budgets": kept or [overrides["trials"]], **overrides}
+        for cap, listed in (("trials", "budgets"), ("forward_equivalents", "fe_budgets")):
+            if cap in overrides and isinstance(data.get(listed), list):  # budgets beyond it are dropped
+                kept = [b for b in data[listed] if not isinstance(b, (int, float)) or b <= overrides[cap]]
+                overrides = {listed: kept or [overrides[cap]], **overrides}
         data = {**data, **overrides}
     ccfg = validate(data, CompareConfig, str(path))
     template, template_space = load_study((path.parent / ccfg.study).resolve())
@@ -127,6 +143,7 @@ def load_compare(path: Path, overrides: dict[str, Any] | None = None,
         for seed in seeds:
             cfg = template.model_copy(update={
                 "name": f"{ccfg.name}.{entry.key}.s{seed}", "sampler": sampler, "seed": seed, "trials": ccfg.trials,
+                "max_forward_equivalents": ccfg.forward_equivalents,
                 "workers": ccfg.workers or template.workers, "storage": None, "run_dir": None,
                 "ray_address": ray_address or template.ray_address,
                 "tracking_uri": ccfg.tracking_uri or template.tracking_uri})
@@ -144,19 +161,19 @@ def run_contender(c: Contender, run_dir: Path, executor: Any, source: str,
     """Run (or resume) one contender's study on a shared executor; wall time adds up over resumes."""
     cfg = c.cfg.model_copy(update={"storage": str(run_dir / "optuna.journal")})
     run = StudyRun(cfg, c.space, run_dir / "studies" / c.study_name, source=source)
-    executor.set_space(c.space)
+    executor.begin_study(c.space, c.cfg.sampler.name)
     began = time.perf_counter()
     try:
         study = run_study(run, executor, on_trial)
     finally:
         try:
             existing = optuna.load_study(study_name=cfg.name, storage=run.storage())
-            existing.set_user_attr(WALL_ATTR, existing.user_attrs.get(WALL_ATTR, 0.0) + time.perf_counter() - began)
+            existing.set_user_attr(keys.WALL_SECONDS, existing.user_attrs.get(keys.WALL_SECONDS, 0.0) + time.perf_counter() - began)
         except KeyError:
             pass
     return study
 
 
 def evaluations(study: optuna.Study) -> int:
-    """Trials evaluated (complete or failed)."""
-    return len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.FAIL)))
+    """Trials evaluated (complete, failed, or pruned after their cheap objectives)."""
+    return sum(1 for t in study.get_trials(deepcopy=False) if evaluated(t))

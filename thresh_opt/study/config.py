@@ -35,12 +35,26 @@ class Range(_Strict):
 
 
 class SearchSpaceConfig(_Strict):
-    """Per-group target sparsity: a discrete list (or 'linear' / 'geometric') or a continuous range."""
+    """Per-group target sparsity: a discrete list (or 'linear' / 'geometric') or a continuous range, and how
+    target sparsities become thresholds (`statistics`):
+
+    - ``sequential``: each module's statistics measured under the thresholds of the modules before it, as
+      the published greedy procedure does (every module with a target > 0 needs its own statistics);
+    - ``dense``: every module's statistics from one pass of the dense model;
+    - ``auto`` (default): sequential for the greedy and hybrid samplers, dense for the others.
+    """
 
     name: str = "space"
     grouping: Literal["module", "kind", "block", "all"] = "kind"
     levels: Literal["linear", "geometric"] | list[float] | None = "linear"
     range: Range | None = None
+    statistics: Literal["auto", "dense", "sequential"] = "auto"
+
+    def statistics_for(self, sampler: str) -> Literal["dense", "sequential"]:
+        """The mapping the study uses with this sampler."""
+        if self.statistics != "auto":
+            return self.statistics
+        return "sequential" if sampler in NEEDS_LEVELS else "dense"
 
     @field_validator("levels")
     @classmethod
@@ -102,6 +116,22 @@ class SamplerConfig(_Strict):
     options: dict[str, Any] = Field(default_factory=dict)
 
 
+class EvaluationConfig(_Strict):
+    """How trials are evaluated: the incremental engine's settings, and when expensive objectives are skipped.
+
+    skip_expensive: ``rejected`` (default) skips the expensive objectives (held-out perplexity, next-word and
+    lm-eval accuracy) of a greedy candidate that the calibration loss rejects; ``dominated`` also skips
+    them for trials that violate a constraint on the cheap objectives or are dominated on the study's
+    cheap objectives by an earlier trial; ``never`` computes every objective on every trial. A trial
+    with skipped objectives is stored PRUNED, with its cheap values and the reason.
+    """
+
+    incremental: bool = True  # False: every pass from the tokens (the published procedure's cost)
+    cache_mb: float = Field(512.0, ge=1.0)  # kept block inputs, module inputs, results (LRU)
+    batch_size: int = Field(8, ge=1)  # calibration chunks per forward call
+    skip_expensive: Literal["never", "rejected", "dominated"] = "rejected"
+
+
 class BaselineConfig(_Strict):
     """Configurations enqueued before any sampler trial, the same for every sampler."""
 
@@ -139,6 +169,45 @@ class StudyConfig(_Strict):
     tasks: list[str] = Field(default_factory=list)
     limit: int | None = Field(None, ge=1)
     profile: str | None = None
+    evaluation: EvaluationConfig = Field(default_factory=EvaluationConfig)
+    front_metrics: list[str] = Field(default_factory=list)  # measured on the final Pareto front only
+    max_forward_equivalents: float | None = Field(None, gt=0)  # budget in full calibration passes
+
+
+def objectives_needed(cfg: StudyConfig) -> list[str]:
+    """What every trial computes: the study's objectives, those its constraints use, and the calibration
+    loss, loss ratio and sparsity (the greedy criterion, and free with the calibration pass)."""
+    names = [o.name for o in cfg.objectives]
+    extra = [c.objective for c in cfg.constraints] + ["calibration_loss", "loss_ratio", "sparsity"]
+    return names + [n for n in dict.fromkeys(extra) if n not in names]
+
+
+def constraint_values(cfg: StudyConfig, values: dict[str, float], dense: dict[str, float]) -> dict[str, float]:
+    """Optuna constraint values (feasible when <= 0) for the study's constraints."""
+    from thresh_opt.objectives import OBJECTIVES
+
+    out = {}
+    for c in cfg.constraints:
+        v = values[c.objective]
+        if c.max is not None:
+            out[f"{c.objective}<={c.max}"] = v - c.max
+        elif c.min is not None:
+            out[f"{c.objective}>={c.min}"] = c.min - v
+        else:
+            worse = dense[c.objective] - v if OBJECTIVES[c.objective].direction == "maximize" else v - dense[c.objective]
+            out[f"{c.objective} drop<={c.max_drop}"] = worse - c.max_drop
+    return out
+
+
+def check_loss_key(cfg: StudyConfig, source: str, field: str = "sampler.options.loss_key") -> None:
+    """The greedy criterion must be an objective the study computes on every trial."""
+    if cfg.sampler.name not in NEEDS_LEVELS:
+        return
+    key = cfg.sampler.options.get("loss_key", "calibration_loss")
+    computed = objectives_needed(cfg)
+    if key not in computed:
+        raise ConfigError(source, field, f"{key!r} is not computed by this study; computed on every trial: "
+                          f"{', '.join(computed)} (add it to objectives to use it)")
 
 
 def load_space(path: Path) -> SearchSpaceConfig:
@@ -162,6 +231,12 @@ def load_study(path: Path | None = None) -> tuple[StudyConfig, SearchSpaceConfig
             raise ConfigError(str(path), f"constraints.{i}.objective", f"unknown objective {c.objective!r}; allowed: {', '.join(OBJECTIVES)}")
     if len(set(names)) != len(names):
         raise ConfigError(str(path), "objectives", "an objective is listed twice")
+    for i, name in enumerate(cfg.front_metrics):
+        if name not in OBJECTIVES:
+            raise ConfigError(str(path), f"front_metrics.{i}", f"unknown objective {name!r}; allowed: {', '.join(OBJECTIVES)}")
+    used = names + [c.objective for c in cfg.constraints] + cfg.front_metrics
+    if "accuracy" in used and not cfg.tasks:
+        raise ConfigError(str(path), "tasks", "objective 'accuracy' needs lm-eval tasks (names or local folders)")
     if isinstance(cfg.search_space, str):
         space_path = (path.parent / cfg.search_space).resolve()
         space = load_space(space_path)
@@ -173,6 +248,7 @@ def load_study(path: Path | None = None) -> tuple[StudyConfig, SearchSpaceConfig
     from thresh_opt.samplers.factory import check_sampler_options
 
     check_sampler_options(cfg.sampler, str(path))
+    check_loss_key(cfg, str(path))
     if cfg.sampler.name in NEEDS_LEVELS and space.range is not None:
         raise ConfigError(str(path), "sampler.name", f"the {cfg.sampler.name} sampler needs a discrete search space (levels), not a range")
     return cfg, space

@@ -6,25 +6,25 @@ import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import optuna
 from optuna.storages import JournalStorage
 from optuna.storages.journal import JournalFileBackend
 from optuna.trial import FrozenTrial, Trial, TrialState
 
+from thresh_opt import keys
 from thresh_opt.interrupts import check, interruptible
 from thresh_opt.objectives import OBJECTIVES
+from thresh_opt.samplers import SteppedSampler
 from thresh_opt.samplers.factory import make_sampler
-from thresh_opt.study.config import REPO_DIR, SearchSpaceConfig, StudyConfig
+from thresh_opt.study.config import REPO_DIR, SearchSpaceConfig, StudyConfig, constraint_values, objectives_needed
+from thresh_opt.study.executors import Executor
 from thresh_opt.study.space import SearchSpace
-from thresh_opt.study.worker import TrialResult
+from thresh_opt.study.worker import Gate, TrialResult
 
-BASELINES_ATTR = "thresh_opt:baselines_enqueued"
-DENSE_ATTR = "thresh_opt:dense"
-FINAL_ATTR = "thresh_opt:final"
 
 TrialCallback = Callable[[optuna.Study, FrozenTrial, TrialResult], None]
+FrontCallback = Callable[[int, dict[str, float]], None]
 
 
 @dataclass
@@ -33,17 +33,21 @@ class StudyRun:
 
     cfg: StudyConfig
     space_cfg: SearchSpaceConfig
-    run_dir: Path
+    run_dir: Path | None  # None, without a configured storage: in memory (nothing is written)
     source: str = "study"
 
     @property
     def storage_url(self) -> str:
         """The storage: an RDB URL, a journal file, or the default journal in the run folder."""
+        if self.cfg.storage is None and self.run_dir is None:
+            return ":memory:"
         return self.cfg.storage or str(self.run_dir / "optuna.journal")
 
     def storage(self) -> optuna.storages.BaseStorage | str:
-        """An Optuna storage object (journal files) or URL (databases)."""
+        """An Optuna storage object (journal files, memory) or URL (databases)."""
         url = self.storage_url
+        if url == ":memory:":
+            return optuna.storages.InMemoryStorage()
         if "://" in url:
             return url
         Path(url).parent.mkdir(parents=True, exist_ok=True)
@@ -60,21 +64,6 @@ def default_run_dir(cfg: StudyConfig) -> Path:
     return Path(cfg.run_dir) if cfg.run_dir else REPO_DIR / "runs" / cfg.name
 
 
-def constraint_values(cfg: StudyConfig, values: dict[str, float], dense: dict[str, float]) -> dict[str, float]:
-    """Optuna constraint values (feasible when <= 0) for the study's constraints."""
-    out = {}
-    for c in cfg.constraints:
-        v = values[c.objective]
-        if c.max is not None:
-            out[f"{c.objective}<={c.max}"] = v - c.max
-        elif c.min is not None:
-            out[f"{c.objective}>={c.min}"] = c.min - v
-        else:
-            worse = dense[c.objective] - v if OBJECTIVES[c.objective].direction == "maximize" else v - dense[c.objective]
-            out[f"{c.objective} drop<={c.max_drop}"] = worse - c.max_drop
-    return out
-
-
 def _prune_stale(study: optuna.Study) -> None:
     """Trials left RUNNING by a killed driver never finish: store them as PRUNED (abandoned, not
     rejected), so that samplers issue them again and the budget does not count them."""
@@ -83,69 +72,101 @@ def _prune_stale(study: optuna.Study) -> None:
         study.tell(t.number, state=TrialState.PRUNED)
 
 
-def run_study(run: StudyRun, executor: Any, on_trial: TrialCallback | None = None) -> optuna.Study:
-    """Run trials until the budget (total trials in the study) is spent or the sampler is done."""
+def evaluated(trial: FrozenTrial) -> bool:
+    """A trial with a result: COMPLETE, FAIL, or PRUNED after its cheap objectives (expensive ones skipped)."""
+    return trial.state in (TrialState.COMPLETE, TrialState.FAIL) or (
+        trial.state == TrialState.PRUNED and keys.SKIPPED in trial.user_attrs)
+
+
+def spent(study: optuna.Study) -> float:
+    """Forward-equivalents of the study's trials so far (the dense reference not included)."""
+    return sum(float(t.user_attrs.get("forward_equivalents", 0.0)) for t in study.get_trials(deepcopy=False))
+
+
+def run_study(run: StudyRun, executor: Executor, on_trial: TrialCallback | None = None,
+              on_front: FrontCallback | None = None) -> optuna.Study:
+    """Run trials until the budget (total trials in the study, or forward-equivalents) is spent or the
+    sampler is done; then measure the front metrics on the Pareto front."""
     cfg = run.cfg
     info = executor.info()
     space = SearchSpace(run.space_cfg, info["groups"])
     candidates = space.candidates() if run.space_cfg.level_list() is not None else None
     sampler = make_sampler(cfg.sampler, candidates, cfg.seed, cfg.trials, run.source)
+    stepped = sampler if isinstance(sampler, SteppedSampler) else None
     study = optuna.create_study(study_name=cfg.name, storage=run.storage(), directions=run.directions,
                                 sampler=sampler, load_if_exists=True)
     _prune_stale(study)
     with interruptible():
         reference = executor.dense()
     dense = reference["values"]
-    study.set_user_attr(DENSE_ATTR, dense)
-    study.set_user_attr("thresh_opt:dense_sparsity", reference["per_module_sparsity"])
-    study.set_user_attr("thresh_opt:groups", info["groups"])
+    study.set_user_attr(keys.DENSE, dense)
+    study.set_user_attr(keys.REFERENCE_FE, study.user_attrs.get(keys.REFERENCE_FE, 0.0) + reference["forward_equivalents"])
+    study.set_user_attr(keys.DENSE_SPARSITY, reference["per_module_sparsity"])
+    study.set_user_attr(keys.GROUPS, info["groups"])
+    study.set_user_attr(keys.STATISTICS, info["statistics"])
     if "hardware" in info:
         profile = str(Path(cfg.profile).resolve()) if cfg.profile else None
-        study.set_user_attr("thresh_opt:hardware", {**info["hardware"], "profile": profile})
-    study.set_user_attr("thresh_opt:objectives", [o.name for o in cfg.objectives])
-    if not study.user_attrs.get(BASELINES_ATTR):
+        study.set_user_attr(keys.HARDWARE, {**info["hardware"], "profile": profile})
+    study.set_user_attr(keys.OBJECTIVES, [o.name for o in cfg.objectives])
+    if not study.user_attrs.get(keys.BASELINES):
         if cfg.baselines.dense:
             study.enqueue_trial(space.uniform(0.0))
         for level in cfg.baselines.uniform:
             study.enqueue_trial(space.uniform(level))
-        study.set_user_attr(BASELINES_ATTR, True)
+        study.set_user_attr(keys.BASELINES, True)
     distributions = space.distributions()
     names = [o.name for o in cfg.objectives]
+    cheap = [(n, 1.0 if d == "minimize" else -1.0) for n, d in zip(names, run.directions) if not OBJECTIVES[n].expensive]
+    gating = cfg.evaluation.skip_expensive != "never" and any(OBJECTIVES[n].expensive for n in objectives_needed(cfg))
     running: dict[int, Trial] = {}
+    budget_fe = cfg.max_forward_equivalents
+    used = spent(study)
 
     def finished() -> int:
-        return len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.FAIL)))
+        return sum(1 for t in study.get_trials(deepcopy=False) if evaluated(t))
 
     def sampler_done() -> bool:
-        return bool(getattr(sampler, "is_finished", lambda s: False)(study))
+        return stepped is not None and stepped.is_finished(study)
 
     def must_wait() -> bool:
-        return bool(getattr(sampler, "needs_wait", lambda s: False)(study))
+        return stepped is not None and stepped.needs_wait(study)
+
+    def gate_for(number: int) -> Gate | None:
+        if not gating:
+            return None
+        acceptance = stepped.acceptance(study, number) if stepped is not None else None
+        front = _cheap_points(study, cheap) if cfg.evaluation.skip_expensive == "dominated" else None
+        return Gate(stepped.loss_key if stepped is not None else None, acceptance, front)
+
+    def may_ask() -> bool:
+        return (len(running) < executor.capacity and finished() + len(running) < cfg.trials
+                and (budget_fe is None or used < budget_fe) and not sampler_done() and not (running and must_wait()))
 
     try:
-        while finished() + len(running) < cfg.trials or running:
-            while (len(running) < executor.capacity and finished() + len(running) < cfg.trials
-                   and not sampler_done() and not (running and must_wait())):
+        while True:
+            while may_ask():
                 trial = study.ask(distributions)
                 running[trial.number] = trial
+                gate = gate_for(trial.number)
                 with interruptible():
-                    executor.submit(trial.number, dict(trial.params))
+                    executor.submit(trial.number, dict(trial.params), gate)
             if not running:
-                break  # the sampler is done (or must wait with nothing in flight: nothing more to do)
+                break  # budget spent, sampler done, or waiting with nothing in flight: nothing more to do
             with interruptible():
                 number, result = executor.next_result()
             trial = running.pop(number)
-            _tell(study, trial, result, names, cfg, dense)
+            frozen = _tell(study, trial, result, names, cfg, dense)
+            used += result.forward_equivalents
             if on_trial is not None:
-                on_trial(study, study._storage.get_trial(trial._trial_id), result)
+                on_trial(study, frozen, result)
             check()
     except KeyboardInterrupt:
         for trial in running.values():
             trial.set_user_attr("error", "interrupted by the user")
             study.tell(trial, state=TrialState.PRUNED)
         raise
-    if sampler_done() and hasattr(sampler, "final_params"):
-        finals = sampler.final_params(study)
+    if sampler_done() and stepped is not None:
+        finals = stepped.final_params(study)
         by_params = {json.dumps(t.params, sort_keys=True): t for t in study.get_trials(states=(TrialState.COMPLETE,))}
         records = []
         for p in finals:
@@ -153,21 +174,69 @@ def run_study(run: StudyRun, executor: Any, on_trial: TrialCallback | None = Non
             thresholds = json.loads(trial.user_attrs["thresholds"]) if trial and "thresholds" in trial.user_attrs else None
             records.append({"params": p, "targets": space.targets(p), "trial": trial.number if trial else None,
                             "thresholds": thresholds})
-        study.set_user_attr(FINAL_ATTR, records)
+        study.set_user_attr(keys.FINAL, records)
+    if cfg.front_metrics:
+        measure_front(study, executor, cfg.front_metrics, on_front)
     return study
 
 
+def _cheap_points(study: optuna.Study, cheap: list[tuple[str, float]]) -> tuple[tuple[float, ...], ...]:
+    """Cheap objective values (minimization form: value x sign) of the feasible complete trials."""
+    from thresh_opt.analysis import feasible
+
+    return tuple(tuple(float(t.user_attrs[n]) * sign for n, sign in cheap)
+                 for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+                 if feasible(t) and all(n in t.user_attrs for n, _ in cheap))
+
+
+def front_metrics(study: optuna.Study) -> dict[int, dict[str, float]]:
+    """Metrics measured on Pareto-front trials after the search: trial number -> metric -> value."""
+    return {int(k): v for k, v in study.user_attrs.get(keys.FRONT_METRICS, {}).items()}
+
+
+def measure_front(study: optuna.Study, executor: Executor, metrics: list[str],
+                  on_front: FrontCallback | None = None) -> list[int]:
+    """Measure `metrics` on every Pareto-front trial that lacks them (kept in the study attribute
+    ``thresh_opt:front_metrics``, so a resumed study measures only its new front members); returns the
+    trials measured."""
+    from thresh_opt import analysis
+
+    measured = []
+    for t in analysis.pareto_front(study):
+        known = front_metrics(study).get(t.number, {})
+        missing = [m for m in metrics if m not in known]
+        if not missing or "thresholds" not in t.user_attrs:
+            continue
+        with interruptible():
+            values = executor.measure(json.loads(t.user_attrs["thresholds"]), missing)
+        stored = {str(k): v for k, v in front_metrics(study).items()}
+        stored[str(t.number)] = {**known, **values}
+        study.set_user_attr(keys.FRONT_METRICS, stored)
+        measured.append(t.number)
+        if on_front is not None:
+            on_front(t.number, values)
+        check()
+    return measured
+
+
 def _tell(study: optuna.Study, trial: Trial, result: TrialResult, names: list[str], cfg: StudyConfig,
-          dense: dict[str, float]) -> None:
+          dense: dict[str, float]) -> FrozenTrial:
+    """Store a result: COMPLETE with its values; PRUNED when objectives were skipped (the cheap values and
+    the reason are kept); FAIL with the error."""
+    for key, value in result.cost_attrs().items():
+        trial.set_user_attr(key, value)
     if result.error is not None:
         trial.set_user_attr("error", result.error)
-        study.tell(trial, state=TrialState.FAIL)
-        return
+        return study.tell(trial, state=TrialState.FAIL)
     for key, value in result.values.items():
         trial.set_user_attr(key, value)
     trial.set_user_attr("thresholds", json.dumps(result.thresholds))
     trial.set_user_attr("per_module_sparsity", json.dumps(result.per_module_sparsity))
-    trial.set_user_attr("seconds", result.seconds)
+    if result.start_block is not None:
+        trial.set_user_attr("start_block", result.start_block)
+    if result.skipped:
+        trial.set_user_attr(keys.SKIPPED, result.skipped)
+        return study.tell(trial, state=TrialState.PRUNED)
     for key, value in constraint_values(cfg, result.values, dense).items():
         trial.set_constraint(key, value)
-    study.tell(trial, [result.values[n] for n in names])
+    return study.tell(trial, [result.values[n] for n in names])

@@ -11,8 +11,9 @@ from typing import Any
 import numpy as np
 import optuna
 
+from thresh_opt import keys
 from thresh_opt import analysis
-from thresh_opt.study.compare import WALL_ATTR, CompareConfig, evaluations
+from thresh_opt.study.compare import CompareConfig, evaluations
 
 
 @dataclass
@@ -27,6 +28,8 @@ class StudySummary:
     front_size: int
     wall_seconds: float
     sampler_finished: bool
+    fe_history: list[float]  # forward-equivalents spent once each trial had finished
+    forward_equivalents: float
 
     def hv_at(self, budget: int) -> float:
         """Hypervolume once `budget` trials had finished (the last value if the study stopped earlier)."""
@@ -34,30 +37,45 @@ class StudySummary:
             return 0.0
         return self.history[min(budget, len(self.history)) - 1]
 
+    def hv_at_fe(self, budget: float) -> float:
+        """Hypervolume of the trials finished within `budget` forward-equivalents."""
+        within = [hv for hv, fe in zip(self.history, self.fe_history) if fe <= budget + 1e-9]
+        return within[-1] if within else 0.0
+
 
 def summarize(label: str, seed: int, study: optuna.Study, trials: int) -> StudySummary:
     """Measure one finished (or interrupted) study."""
     done = evaluations(study)
+    fe = analysis.cost_history(study)
     return StudySummary(label, seed, study.study_name, analysis.hypervolume_history(study), done,
-                        len(analysis.pareto_front(study)), float(study.user_attrs.get(WALL_ATTR, 0.0)), done < trials)
+                        len(analysis.pareto_front(study)), float(study.user_attrs.get(keys.WALL_SECONDS, 0.0)), done < trials,
+                        fe, fe[-1] if fe else 0.0)
+
+
+def budget_columns(ccfg: CompareConfig) -> list[tuple[str, str]]:
+    """(row key, column title) of every reported budget: trial counts, then forward-equivalents."""
+    return [(f"hv@{b}", f"HV @{b}") for b in ccfg.budgets] + [(f"hv@{b:g}fe", f"HV @{b:g} FE") for b in ccfg.fe_budgets]
 
 
 def table(ccfg: CompareConfig, summaries: list[StudySummary]) -> list[dict[str, Any]]:
-    """Per sampler: hypervolume at each budget (mean, std over seeds), front size, evaluations, time."""
+    """Per sampler: hypervolume at each budget, in trials and in forward-equivalents (mean, std over seeds),
+    front size, evaluations, forward-equivalents spent and time."""
     rows = []
     for label in dict.fromkeys(s.label for s in summaries):
         mine = [s for s in summaries if s.label == label]
         row: dict[str, Any] = {"sampler": label, "seeds": len(mine)}
-        for b in ccfg.budgets:
-            values = np.array([s.hv_at(b) for s in mine])
-            row[f"hv@{b}"] = {"mean": float(values.mean()), "std": float(values.std(ddof=1)) if len(mine) > 1 else 0.0}
+        at = [*(lambda s, b=b: s.hv_at(b) for b in ccfg.budgets), *(lambda s, b=b: s.hv_at_fe(b) for b in ccfg.fe_budgets)]
+        for (key, _), hv in zip(budget_columns(ccfg), at):
+            values = np.array([hv(s) for s in mine])
+            row[key] = {"mean": float(values.mean()), "std": float(values.std(ddof=1)) if len(mine) > 1 else 0.0}
         row["front_size"] = float(np.mean([s.front_size for s in mine]))
         row["evaluations"] = float(np.mean([s.evaluations for s in mine]))
+        row["forward_equivalents"] = float(np.mean([s.forward_equivalents for s in mine]))
         row["wall_seconds"] = float(np.mean([s.wall_seconds for s in mine]))
         rows.append(row)
-    for b in ccfg.budgets:  # the best mean at each budget
-        best = max(rows, key=lambda r: r[f"hv@{b}"]["mean"])
-        best[f"hv@{b}"]["best"] = True
+    for key, _ in budget_columns(ccfg):  # the best mean at each budget
+        best = max(rows, key=lambda r: r[key]["mean"])
+        best[key]["best"] = True
     return rows
 
 
@@ -92,7 +110,7 @@ def plot_fronts(studies: dict[str, list[optuna.Study]], path: Path) -> Path | No
     import matplotlib.pyplot as plt
 
     first = next(iter(studies.values()))[0]
-    names = first.user_attrs.get("thresh_opt:objectives") or []
+    names = first.user_attrs.get(keys.OBJECTIVES) or []
     if len(names) < 2:
         return None
     fig, ax = plt.subplots(figsize=(7, 4.5))
@@ -113,9 +131,9 @@ def plot_fronts(studies: dict[str, list[optuna.Study]], path: Path) -> Path | No
 
 def reference_text(study: optuna.Study) -> str:
     """The hypervolume reference point, in the objectives' own units."""
-    names = study.user_attrs.get("thresh_opt:objectives") or []
+    names = study.user_attrs.get(keys.OBJECTIVES) or []
     ref = analysis.reference_point(study) * analysis.signs(study)
-    dense = study.user_attrs.get("thresh_opt:dense", {})
+    dense = study.user_attrs.get(keys.DENSE, {})
     return ", ".join(f"{n} {r:.4g} (dense {dense.get(n, float('nan')):.4g})" for n, r in zip(names, ref))
 
 
@@ -124,19 +142,23 @@ def markdown(ccfg: CompareConfig, rows: list[dict[str, Any]], summaries: list[St
     """The comparison report."""
     lines = [f"# Comparison `{ccfg.name}`", "",
              f"- File: `{source}`; written {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC",
-             f"- Budget: {ccfg.trials} trials per study, baselines included; seeds {ccfg.seeds} "
-             "(deterministic samplers run once)",
-             f"- Hypervolume reference point (dense model, 10% worse): {reference}", "",
-             "| sampler | seeds | " + " | ".join(f"HV @{b}" for b in ccfg.budgets) + " | front size | evaluations | wall s |",
-             "|---|---:|" + "---:|" * (len(ccfg.budgets) + 3)]
+             f"- Budget: {ccfg.trials} trials per study, baselines included"
+             + (f", at most {ccfg.forward_equivalents:g} forward-equivalents" if ccfg.forward_equivalents else "")
+             + f"; seeds {ccfg.seeds} (deterministic samplers run once)",
+             f"- Hypervolume reference point (dense model, 10% worse): {reference}",
+             "- Forward-equivalents (FE): the trials' work in full passes over the calibration set (incremental "
+             "evaluation makes trials differ in cost); the dense reference, shared by all studies, is not counted", "",
+             "| sampler | seeds | " + " | ".join(title for _, title in budget_columns(ccfg))
+             + " | front size | evaluations | FE | wall s |",
+             "|---|---:|" + "---:|" * (len(budget_columns(ccfg)) + 4)]
     for r in rows:
         cells = []
-        for b in ccfg.budgets:
-            c = r[f"hv@{b}"]
+        for key, _ in budget_columns(ccfg):
+            c = r[key]
             text = f"{c['mean']:.4g} ± {c['std']:.2g}" if r["seeds"] > 1 else f"{c['mean']:.4g}"
             cells.append(f"**{text}**" if c.get("best") else text)
-        lines.append(f"| {r['sampler']} | {r['seeds']} | " + " | ".join(cells)
-                     + f" | {r['front_size']:.1f} | {r['evaluations']:.0f} | {r['wall_seconds']:.0f} |")
+        lines.append(f"| {r['sampler']} | {r['seeds']} | " + " | ".join(cells) + f" | {r['front_size']:.1f} | "
+                     f"{r['evaluations']:.0f} | {r['forward_equivalents']:.1f} | {r['wall_seconds']:.0f} |")
     lines += ["", "Mean ± sample standard deviation over seeds; bold: best mean at that budget. A study whose "
               "sampler finished before the budget keeps its last hypervolume.", ""]
     stopped = [s for s in summaries if s.sampler_finished]

@@ -4,72 +4,192 @@ from __future__ import annotations
 
 import time
 import traceback
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import asdict, dataclass, field, replace
+from typing import TYPE_CHECKING, Any
 
-from thresh_opt.study.config import SearchSpaceConfig, StudyConfig
+from thresh_opt.incremental import Cost
+from thresh_opt.study.config import SearchSpaceConfig, StudyConfig, constraint_values, objectives_needed
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+    from thresh_opt.models import LoadedModel
+    from thresh_opt.samplers import Acceptance
 
 
 @dataclass
 class TrialResult:
-    """What one trial measured (or the error it raised)."""
+    """What one trial measured (or the error it raised), the objectives it skipped (name -> why) and what
+    it cost: forward-equivalents by purpose and seconds, the block its calibration pass started from, and
+    the engine's memory after it."""
 
     values: dict[str, float] = field(default_factory=dict)
     thresholds: dict[str, float] = field(default_factory=dict)
     per_module_sparsity: dict[str, float] = field(default_factory=dict)
     seconds: float = 0.0
     error: str | None = None
+    skipped: dict[str, str] = field(default_factory=dict)
+    cost: Cost = field(default_factory=Cost)
+    start_block: int | None = None
+    cache_mb: float = 0.0
+
+    @property
+    def forward_equivalents(self) -> float:
+        """The trial's work in full calibration passes."""
+        return self.cost.forward_equivalents
+
+    def cost_attrs(self) -> dict[str, float]:
+        """What the trial cost, as trial user attributes."""
+        return {"forward_equivalents": self.forward_equivalents, "seconds": self.seconds, "cache_mb": self.cache_mb,
+                **{f"cost.{k}": float(v) for k, v in asdict(self.cost).items() if k != "seconds"}}
+
+
+@dataclass(frozen=True)
+class Gate:
+    """When a trial's expensive objectives cannot change the study's outcome (sent with the trial).
+
+    Args:
+        key: the objective a sampler's acceptance rule reads (computed before the gate, even if expensive).
+        acceptance: that rule: a value that fails it rejects the candidate.
+        front: with ``skip_expensive: dominated``, the cheap objective values of earlier trials
+            (minimization form, the order of the study's cheap objectives); a trial one of them
+            dominates, or one that violates a constraint on a cheap objective, is skipped.
+    """
+
+    key: str | None = None
+    acceptance: Acceptance | None = None
+    front: tuple[tuple[float, ...], ...] | None = None
 
 
 class TrialWorker:
-    """Holds the loaded model, calibration statistics and evaluator; evaluates parameter sets.
+    """Holds the loaded model, the incremental engine and the evaluator; evaluates parameter sets.
 
     The same class runs in the driver process (serial executor) and inside Ray actors, so a worker
     never reloads the model between trials.
+
+    Args:
+        cfg: the study.
+        space_cfg: its search space.
+        threads: torch threads (Ray actors use 1).
+        loaded: an already loaded model to use instead of loading `cfg.model`.
+        cache: the disk cache folder of calibration tokens (default: $THRESH_OPT_CACHE).
     """
 
-    def __init__(self, cfg: StudyConfig, space_cfg: SearchSpaceConfig, threads: int | None = None) -> None:
+    def __init__(self, cfg: StudyConfig, space_cfg: SearchSpaceConfig, threads: int | None = None,
+                 loaded: LoadedModel | None = None, cache: Path | None = None) -> None:
         import torch
 
-        from thresh_opt.calibration import cached_activation_stats
         from thresh_opt.models import load_model
         from thresh_opt.objectives import Evaluator
-        from thresh_opt.study.space import SearchSpace
 
         if threads:
             torch.set_num_threads(threads)
         m = cfg.model
-        self.loaded = load_model(m.source, dtype=m.dtype, device=m.device, placement=m.placement)
-        self.space = SearchSpace.build(space_cfg, self.loaded.thresholded.sites)
-        self.evaluator = Evaluator(self.loaded, objectives_needed(cfg), calibration=cfg.calibration, tasks=cfg.tasks,
-                                   limit=cfg.limit, profile=cfg.profile)
-        self.stats = cached_activation_stats(self.loaded, cfg.calibration)
+        self.cfg = cfg
+        self.loaded = loaded or load_model(m.source, dtype=m.dtype, device=m.device, placement=m.placement)
+        self.needed = objectives_needed(cfg)
+        ev = cfg.evaluation
+        self.evaluator = Evaluator(self.loaded, self.needed + [o for o in cfg.front_metrics if o not in self.needed],
+                                   calibration=cfg.calibration, tasks=cfg.tasks, limit=cfg.limit, profile=cfg.profile,
+                                   cache=cache,
+                                   batch_size=ev.batch_size, cache_mb=ev.cache_mb, incremental=ev.incremental)
+        self.engine = self.evaluator.engine
+        self.begin_study(space_cfg, cfg.sampler.name)
+        from thresh_opt.objectives import OBJECTIVES
 
-    def set_space(self, space_cfg: SearchSpaceConfig) -> None:
-        """Map later trials' parameters through another search space (a comparison switches spaces)."""
+        self._cheap = [o.name for o in cfg.objectives if not OBJECTIVES[o.name].expensive]
+        self._signs = [1.0 if (o.direction or OBJECTIVES[o.name].direction) == "minimize" else -1.0
+                       for o in cfg.objectives if o.name in self._cheap]
+        self._cheap_cfg = cfg.model_copy(update={"constraints": [
+            c for c in cfg.constraints if not OBJECTIVES[c.objective].expensive]})
+
+    def begin_study(self, space_cfg: SearchSpaceConfig, sampler: str) -> None:
+        """Map later trials' parameters through this search space (a comparison switches spaces between
+        studies) and forget every pass but the dense model's, so each study starts from the same state."""
         from thresh_opt.study.space import SearchSpace
 
         self.space = SearchSpace.build(space_cfg, self.loaded.thresholded.sites)
+        self.statistics = space_cfg.statistics_for(sampler)
+        self.engine.reset()
+
+    def _dense_stats(self) -> None:
+        """The dense mapping needs every module's dense statistics: from the disk cache, else from one pass
+        (which also gives the dense reference), then cached."""
+        from thresh_opt.calibration.stats import read_stats, stats_cache_path, write_stats
+
+        tm = self.loaded.thresholded
+        saved = tm.thresholds
+        tm.reset_thresholds()
+        path = stats_cache_path(self.loaded, self.cfg.calibration, cache=self.evaluator.cache)
+        tm.set_thresholds(saved)
+        stats = read_stats(path)
+        if stats is not None and stats.levels == self.engine.levels:
+            self.engine.seed_dense_stats(stats)
+        else:
+            write_stats(path, self.engine.dense_stats())
 
     def dense(self) -> dict[str, Any]:
-        """The dense model's objective values and per-module sparsity (computed once per worker)."""
-        return {"values": dict(self.evaluator.dense.values), "per_module_sparsity": self.evaluator.dense.per_module_sparsity}
+        """The dense model's objective values and per-module sparsity (computed once per worker), and what
+        computing them cost here (0 when known)."""
+        before = replace(self.engine.cost)
+        if self.statistics == "dense":
+            self._dense_stats()
+        reference = self.evaluator.dense
+        return {"values": dict(reference.values), "per_module_sparsity": reference.per_module_sparsity,
+                "forward_equivalents": self.engine.cost.since(before).forward_equivalents}
 
-    def run(self, params: dict[str, float]) -> TrialResult:
+    def _reason(self, gate: Gate, values: dict[str, float]) -> str | None:
+        import numpy as np
+
+        if gate.acceptance is not None and gate.key is not None and not gate.acceptance.accepts(values.get(gate.key)):
+            a = gate.acceptance
+            return (f"rejected by the calibration criterion: {gate.key} {values.get(gate.key, float('nan')):.6g} / "
+                    f"{a.reference:.6g} >= {a.tolerance:g}")
+        if gate.front is None:
+            return None
+        dense = self.evaluator.dense.values
+        violated = [k for k, v in constraint_values(self._cheap_cfg, values, dense).items() if v > 0]
+        if violated:
+            return f"infeasible on a cheap objective: {violated[0]}"
+        if self._cheap and gate.front:
+            point = np.array([values[n] for n in self._cheap]) * np.array(self._signs)
+            front = np.array(gate.front)
+            if bool(np.any(np.all(front <= point, axis=1) & np.any(front < point, axis=1))):
+                return f"dominated on {', '.join(self._cheap)} by an earlier trial"
+        return None
+
+    def run(self, params: dict[str, float], gate: Gate | None = None) -> TrialResult:
         """Evaluate one parameter set; an exception becomes an error result, not a crash."""
         started = time.perf_counter()
+        before = replace(self.engine.cost)
         try:
-            thresholds = self.space.thresholds(params, self.stats)
-            ev = self.evaluator.evaluate(thresholds)
-            return TrialResult(ev.values, thresholds, ev.per_module_sparsity, time.perf_counter() - started)
+            targets = self.space.targets(params)
+            names = self.loaded.thresholded.names
+            vector = self.engine.thresholds_for([targets[n] for n in names], self.statistics)
+            thresholds = dict(zip(names, vector))
+            reason = (lambda values: self._reason(gate, values)) if gate is not None else None
+            ev = self.evaluator.evaluate(thresholds, only=self.needed, gate=reason, first=gate.key if gate else None)
+            outcome_block = self.engine.last_start
+            return TrialResult(ev.values, thresholds, ev.per_module_sparsity, time.perf_counter() - started,
+                               skipped=ev.skipped, cost=self._spent(before, started), start_block=outcome_block,
+                               cache_mb=self.engine.usage().mb)
         except Exception as exc:  # noqa: BLE001 - stored as a FAIL trial with its error; the study goes on
             last = traceback.format_exception_only(type(exc), exc)[-1].strip()
-            return TrialResult(seconds=time.perf_counter() - started, error=last)
+            return TrialResult(seconds=time.perf_counter() - started, error=last, cost=self._spent(before, started))
+
+    def _spent(self, before: Cost, started: float) -> Cost:
+        return replace(self.engine.cost.since(before), seconds=time.perf_counter() - started)
+
+    def measure(self, thresholds: dict[str, float], names: list[str]) -> dict[str, float]:
+        """Objectives of one configuration (the study's front metrics), all of them, no gate."""
+        ev = self.evaluator.evaluate(thresholds, only=names)
+        return {n: ev.values[n] for n in names}
 
     def info(self) -> dict[str, Any]:
         """What the driver records about the model and space."""
-        info: dict[str, Any] = {"modules": self.loaded.thresholded.names, "params": self.space.params,
-                                "groups": self.space.groups}
+        tm = self.loaded.thresholded
+        info: dict[str, Any] = {"modules": tm.names, "params": self.space.params, "groups": self.space.groups,
+                                "blocks": {s.name: s.block for s in tm.sites}, "statistics": self.statistics}
         if self.loaded.thresholded.spec.arch in ("rwkv4", "opt"):
             from thresh_opt.objectives.hardware_cost import model_dims
 
@@ -77,10 +197,3 @@ class TrialWorker:
             info["hardware"] = {"dims": dims.to_dict(), "sites": [
                 {"name": s.name, "kind": s.kind, "block": s.block, "macs": s.macs} for s in self.loaded.thresholded.sites]}
         return info
-
-
-def objectives_needed(cfg: StudyConfig) -> list[str]:
-    """The study's objectives, plus those its constraints use, plus the greedy criterion."""
-    names = [o.name for o in cfg.objectives]
-    extra = [c.objective for c in cfg.constraints] + ["calibration_loss", "loss_ratio", "sparsity"]
-    return names + [n for n in dict.fromkeys(extra) if n not in names]

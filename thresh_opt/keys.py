@@ -1,0 +1,25 @@
+"""Names of what the study engine stores on Optuna studies and trials, declared once.
+
+Study user attributes are prefixed ``thresh_opt:``; trial user attributes are plain (they show in
+Optuna's own tools as they are).
+"""
+
+# study user attributes
+BASELINES = "thresh_opt:baselines_enqueued"
+DENSE = "thresh_opt:dense"  # the dense model's objective values
+DENSE_SPARSITY = "thresh_opt:dense_sparsity"
+FINAL = "thresh_opt:final"  # a stepped sampler's final configurations
+FRONT_METRICS = "thresh_opt:front_metrics"  # trial number -> metric -> value, measured after the search
+GROUPS = "thresh_opt:groups"  # parameter -> modules
+HARDWARE = "thresh_opt:hardware"
+OBJECTIVES = "thresh_opt:objectives"
+REFERENCE_FE = "thresh_opt:reference_forward_equivalents"  # the dense reference's passes
+STATISTICS = "thresh_opt:statistics"  # how target sparsities became thresholds
+WALL_SECONDS = "thresh_opt:wall_seconds"  # a comparison study's wall time over its runs
+
+# trial user attributes
+FORWARD_EQUIVALENTS = "forward_equivalents"
+SECONDS = "seconds"
+CACHE_MB = "cache_mb"
+SKIPPED = "skipped"  # objective -> why it was not computed (the trial is PRUNED)
+THRESHOLDS = "thresholds"
