@@ -105,6 +105,25 @@ def test_bad_comparison_files_exit_2_naming_file_and_field(tmp_path, capsys, ove
     assert not (tmp_path / "run").exists()  # nothing created before the input is known good
 
 
+def test_budgets_in_forward_equivalents(tmp_path, capsys):
+    path = write(tmp_path, trials=40, budgets=[10], forward_equivalents=4.0, baselines={"dense": True, "uniform": []},
+                 samplers=[{"name": "random"}, {"label": "greedy", "name": "greedy", "options": {"loss_inc": [1.01]}}])
+    assert main(["study", "compare", str(path), "--json", "--seeds", "0"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["fe_budgets"] == [1.0, 2.0, 4.0]  # a quarter, half and all of the budget
+    for name, s in studies(tmp_path).items():
+        fe = analysis.cost_history(s)
+        assert fe[-2] < 4.0 <= fe[-1] and len(s.trials) < 40  # every study stopped at its FE budget
+        assert s.trials[0].params == {k: 0.0 for k in s.trials[0].params} and len(s.trials) > 2  # its own baselines
+    for row in out["rows"]:
+        study = studies(tmp_path)[f"cmp.{row['sampler']}.s0"]
+        hv, fe = analysis.hypervolume_history(study), analysis.cost_history(study)
+        assert row["hv@2fe"]["mean"] == max([h for h, f in zip(hv, fe) if f <= 2.0], default=0.0)
+        assert row["forward_equivalents"] == pytest.approx(fe[-1])
+    report = (tmp_path / "run" / "report" / "report.md").read_text()
+    assert "HV @2 FE" in report and "| FE |" in report
+
+
 def test_only_names_a_label(tmp_path, capsys):
     assert main(["study", "compare", str(write(tmp_path)), "--only", "tpe"]) == 2
     assert "--only" in capsys.readouterr().err
@@ -139,4 +158,5 @@ def test_the_shipped_comparison_files_are_valid(name):
     labels = {c.label for c in contenders}
     assert {"tpe", "nsga2", "greedy", "hybrid-nsga2"} <= labels and ccfg.budgets[-1] == ccfg.trials
     assert sum(c.label == "greedy" for c in contenders) == 1  # deterministic: one run
-    assert all(c.cfg.baselines == template.baselines for c in contenders)
+    assert ccfg.baselines.uniform == [0.3, 0.5, 0.7]  # stated in the file: every study gets the same
+    assert all(c.cfg.baselines == ccfg.baselines for c in contenders)

@@ -103,6 +103,14 @@ def test_export_writes_thresholds_and_report(tmp_path, capsys):
         ({"modle": {}}, "modle: unknown field; allowed: name, model, calibration"),
         ({"sampler": {"name": "tpe", "options": {"n_startup": 3}}}, "sampler.options.n_startup: not an option of TPESampler"),
         ({"search_space": "missing.yaml"}, "missing.yaml: (file): no such file"),
+        ({"sampler": {"name": "greedy", "options": {"loss_key": "perplexity"}}},
+         "sampler.options.loss_key: 'perplexity' is not computed by this study"),
+        ({"sampler": {"name": "hybrid", "options": {"loss_inc": [1.01, 0.99]}}}, "sampler.options.loss_inc: loss_inc must be"),
+        ({"front_metrics": ["speed"]}, "front_metrics.0: unknown objective 'speed'"),
+        ({"front_metrics": ["accuracy"]}, "tasks: objective 'accuracy' needs lm-eval tasks"),
+        ({"evaluation": {"cache_mb": 0}}, "evaluation.cache_mb: Input should be greater than or equal to 1"),
+        ({"evaluation": {"skip_expensive": "always"}}, "evaluation.skip_expensive: Input should be 'never'"),
+        ({"search_space": {"statistics": "layerwise"}}, "search_space.statistics: Input should be 'auto'"),
     ],
 )
 def test_malformed_study_files_exit_2_naming_file_and_field(tmp_path, capsys, content, match):
@@ -189,3 +197,11 @@ def test_ui_serves_the_mlflow_ui_on_loopback(tmp_path):
         os.killpg(proc.pid, signal.SIGTERM)  # the UI and the server workers it started
         _, err = proc.communicate(timeout=60)
     assert f"http://127.0.0.1:{port}" in err
+
+
+@pytest.mark.parametrize("name", ["embedded-rwkv4.yaml", "embedded-rwkv4-tpe.yaml", "rwkv4-169m.yaml", "opt-125m.yaml"])
+def test_the_shipped_study_files_are_valid(name):
+    from thresh_opt.study.config import REPO_DIR, load_study
+
+    cfg, space = load_study(REPO_DIR / "studies" / name)  # checked as `study run` checks them, no model loaded
+    assert space.statistics_for(cfg.sampler.name) == ("sequential" if cfg.sampler.name == "greedy" else "dense")

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+import queue
 import subprocess
 import tempfile
+import threading
 import time
 from importlib import metadata
 from pathlib import Path
@@ -89,6 +91,10 @@ class _Tracker:
 class StudyTracker(_Tracker):
     """Logs a study to MLflow; resuming a study reuses its parent run and skips trials already logged.
 
+    Trials are logged by one background thread, in order, so that the driver does not wait for MLflow
+    between trials; every other call first waits until they are written (and raises the first error the
+    thread met), so that only one thread ever writes to the tracking store.
+
     Args:
         tracking_uri: any MLflow tracking URI (an `mlflow server` too); SQLite in run_dir when None.
         run_dir: the study's run folder (artifacts go under it for the local default).
@@ -99,6 +105,44 @@ class StudyTracker(_Tracker):
         super().__init__(tracking_uri, run_dir, study_name)
         self.logged = {int(r.data.tags["trial_number"]): r.info.run_id for r in self.children()
                        if "trial_number" in r.data.tags}
+        self._queue: queue.Queue[tuple[Any, ...] | None] = queue.Queue()
+        self._thread: threading.Thread | None = None
+        self._error: BaseException | None = None
+
+    def _drain(self) -> None:
+        while (item := self._queue.get()) is not None:
+            try:
+                if self._error is None:
+                    self._log_trial(*item)
+            except BaseException as exc:  # noqa: BLE001 - raised in the driver by the next flush
+                self._error = exc
+            finally:
+                self._queue.task_done()
+        self._queue.task_done()
+
+    def flush(self) -> None:
+        """Wait until every trial handed over is logged; raise the first error met."""
+        if self._thread is not None:
+            self._queue.join()
+        if self._error is not None:
+            error, self._error = self._error, None
+            raise UserError(f"MLflow tracking URI {self.uri!r}: {str(error).splitlines()[0]}") from error
+
+    def log_artifacts(self, files: list[Path], metrics: dict[str, float] | None = None, folder: str = "study") -> None:
+        """Artifacts and summary metrics on the parent run (after the trials handed over)."""
+        self.flush()
+        super().log_artifacts(files, metrics, folder)
+
+    def finish(self, status: str = "FINISHED") -> None:
+        """Close the parent run (after the trials handed over) and stop the logging thread."""
+        try:
+            self.flush()
+        finally:
+            if self._thread is not None:
+                self._queue.put(None)
+                self._thread.join()
+                self._thread = None
+            self.client.set_terminated(self.parent, status=status)
 
     def log_study(self, study_file: Path | None, cfg: dict[str, Any], sampler: str, seed: int) -> None:
         """Parameters of the parent run: the study file, sampler, seed, git commit and package versions."""
@@ -120,7 +164,15 @@ class StudyTracker(_Tracker):
                   costs: dict[str, float] | None = None, skipped: dict[str, str] | None = None) -> None:
         """A nested run for one trial (skipped if this trial was logged before a resume): its parameters,
         objective values, per-module sparsity, cost (forward-equivalents, seconds, cache MB), the objectives
-        it skipped and why (tags), and its thresholds."""
+        it skipped and why (tags), and its thresholds. Handed to the logging thread."""
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._drain, name="mlflow-trials", daemon=True)
+            self._thread.start()
+        self._queue.put((number, state, params, values, per_module_sparsity, thresholds, error, costs, skipped))
+
+    def _log_trial(self, number: int, state: str, params: dict[str, float], values: dict[str, float],
+                   per_module_sparsity: dict[str, float], thresholds: dict[str, float], error: str | None,
+                   costs: dict[str, float] | None, skipped: dict[str, str] | None) -> None:
         from mlflow.entities import Metric, Param
 
         if number in self.logged:
@@ -142,6 +194,7 @@ class StudyTracker(_Tracker):
 
     def log_front(self, number: int, values: dict[str, float]) -> None:
         """Metrics measured after the search on a Pareto-front trial, on that trial's run (``front.<name>``)."""
+        self.flush()
         run_id = self.logged.get(number)
         if run_id is None:
             return

@@ -21,11 +21,13 @@ from thresh_opt.config import load_yaml, validate
 from thresh_opt.errors import ConfigError
 from thresh_opt.study.config import (
     NEEDS_LEVELS,
+    BaselineConfig,
     REPO_DIR,
     SamplerConfig,
     SearchSpaceConfig,
     StudyConfig,
     _Strict,
+    check_loss_key,
     load_space,
     load_study,
 )
@@ -61,6 +63,7 @@ class CompareConfig(_Strict):
     forward_equivalents: float | None = Field(None, gt=0)  # each study's budget in FE (trials stays a cap)
     fe_budgets: list[float] = Field(default_factory=list)  # forward-equivalents to report hypervolume at
     search_space: str | None = None  # for every entry without its own (default: the template's)
+    baselines: BaselineConfig | None = None  # enqueued first in every study (default: the template's)
     workers: int | None = Field(None, ge=1)
     run_dir: str | None = None
     tracking_uri: str | None = None
@@ -134,6 +137,7 @@ def load_compare(path: Path, overrides: dict[str, Any] | None = None,
         sampler = SamplerConfig(name=entry.name, options=entry.options)
         try:
             check_sampler_options(sampler, str(path))
+            check_loss_key(template.model_copy(update={"sampler": sampler}), str(path))
         except ConfigError as exc:
             raise ConfigError(str(path), exc.field.replace("sampler.", f"samplers.{i}.", 1), exc.problem) from None
         space = load_space((path.parent / entry.search_space).resolve()) if entry.search_space else default_space
@@ -143,7 +147,7 @@ def load_compare(path: Path, overrides: dict[str, Any] | None = None,
         for seed in seeds:
             cfg = template.model_copy(update={
                 "name": f"{ccfg.name}.{entry.key}.s{seed}", "sampler": sampler, "seed": seed, "trials": ccfg.trials,
-                "max_forward_equivalents": ccfg.forward_equivalents,
+                "max_forward_equivalents": ccfg.forward_equivalents, "baselines": ccfg.baselines or template.baselines,
                 "workers": ccfg.workers or template.workers, "storage": None, "run_dir": None,
                 "ray_address": ray_address or template.ray_address,
                 "tracking_uri": ccfg.tracking_uri or template.tracking_uri})
