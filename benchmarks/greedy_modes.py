@@ -1,55 +1,93 @@
-"""Fast vs paper greedy: forward-equivalents and wall time, side by side in one run, same choices checked.
+"""The published greedy three ways, side by side in one run: paper mode, fast mode, and a greedy study.
 
     python benchmarks/greedy_modes.py [--models embedded:rwkv4-tiny,embedded:opt-tiny] [--count 8]
-                                      [--ctx-len 128] [--loss-inc 1.002] [--threads 1]
+                                      [--ctx-len 128] [--loss-inc 1.002] [--threads 2]
 
 Paper mode is the published procedure (design.md 1.3): a full calibration pass per module for its
-statistics, a full pass per candidate. Fast mode skips the blocks upstream of the module under search
-(their output is cached) and records the next module's statistics during the accepted pass. Both use
-the warm start. The goal is fast <= 0.25x paper with the same per-module choices.
+statistics, a full pass per candidate. Fast mode evaluates incrementally (passes start at the block under
+search, statistics come from the accepted pass). The study is `thresh-opt study run` on the same model,
+calibration set, levels and tolerance (per-module space, sequential statistics, dense baseline only): its
+trials' forward-equivalents plus the dense reference, its evaluation seconds, and the wall time of the
+whole command (imports, model load, Optuna, MLflow, plots). All three must make the same choices.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import torch  # noqa: E402
+import yaml  # noqa: E402
 
-from thresh_opt.calibration import CalibrationSpec, calibration_chunks  # noqa: E402
+from thresh_opt.calibration import CalibrationSpec  # noqa: E402
 from thresh_opt.greedy import greedy_search  # noqa: E402
 from thresh_opt.models import load_model  # noqa: E402
 
+REPO = Path(__file__).resolve().parent.parent
+
+
+def study(source: str, spec: CalibrationSpec, loss_inc: float, threads: int, folder: Path) -> dict:
+    """Run the greedy study as a user would and read back its cost and choices."""
+    space = "rwkv4-per-module.yaml" if "rwkv" in source else "opt-per-module.yaml"
+    cfg = {"name": "greedy-study", "model": {"source": source}, "calibration": spec.model_dump(),
+           "search_space": str(REPO / "search_spaces" / space), "run_dir": str(folder / "run"),
+           "objectives": [{"name": "loss_ratio"}, {"name": "energy_gain"}],
+           "sampler": {"name": "greedy", "options": {"loss_inc": loss_inc}}, "trials": 1000,
+           "baselines": {"dense": True, "uniform": []}}
+    path = folder / "study.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    began = time.perf_counter()
+    out = subprocess.run([sys.executable, "-m", "thresh_opt", "study", "run", str(path), "--json"], check=True,
+                         capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": str(threads)})
+    wall = time.perf_counter() - began
+    data = json.loads(out.stdout)
+    return {"wall": wall, "cost": data["cost"], "final": data["final"][0]}
+
 
 def main() -> None:
-    """Print one row per model and mode, and the fast/paper ratios."""
+    """Print one row per model and way, and the ratios."""
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--models", default="embedded:rwkv4-tiny,embedded:opt-tiny")
     p.add_argument("--count", type=int, default=8, help="calibration chunks")
     p.add_argument("--ctx-len", type=int, default=128)
     p.add_argument("--loss-inc", type=float, default=1.002)
-    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--threads", type=int, default=2)
     args = p.parse_args()
     torch.set_num_threads(args.threads)
-    print(f"{'model':22} {'mode':6} {'loss passes':>11} {'stats passes':>12} {'fwd-equiv':>9} {'seconds':>8} "
-          f"{'loss ratio':>10} {'sparsity':>8}")
+    print(f"{'model':22} {'way':6} {'trials':>6} {'loss passes':>11} {'stats passes':>12} {'fwd-equiv':>9} "
+          f"{'eval s':>7} {'wall s':>7} {'loss ratio':>10} {'sparsity':>8}")
     for source in args.models.split(","):
         loaded = load_model(source)
-        chunks = calibration_chunks(loaded, CalibrationSpec(source="heldout", ctx_len=args.ctx_len, count=args.count))
+        spec = CalibrationSpec(source="heldout", ctx_len=args.ctx_len, count=args.count)
         results = {}
         for mode in ("paper", "fast"):
-            r = greedy_search(loaded.thresholded, chunks, mode, args.loss_inc)
-            results[mode] = r
-            print(f"{source:22} {mode:6} {r.cost.loss_passes:11d} {r.cost.stats_passes:12d} "
-                  f"{r.cost.forward_equivalents:9.1f} {r.seconds:8.1f} {r.final_loss / r.dense_loss:10.4f} {r.sparsity:8.1%}")
+            began = time.perf_counter()
+            r = results[mode] = greedy_search(loaded, spec, mode, args.loss_inc)
+            print(f"{source:22} {mode:6} {r.trials:6d} {r.cost.loss_passes:11d} {r.cost.stats_passes:12d} "
+                  f"{r.cost.forward_equivalents:9.1f} {r.cost.seconds:7.1f} {time.perf_counter() - began:7.1f} "
+                  f"{r.final_loss / r.dense_loss:10.4f} {r.sparsity:8.1%}")
+        with tempfile.TemporaryDirectory() as tmp:
+            s = study(source, spec, args.loss_inc, args.threads, Path(tmp))
+        c = s["cost"]
+        print(f"{source:22} {'study':6} {c['trials']:6d} {'':>11} {'':>12} {c['total_forward_equivalents']:9.1f} "
+              f"{c['seconds']:7.1f} {s['wall']:7.1f}")
         fast, paper = results["fast"], results["paper"]
         differing = [n for n in fast.levels if fast.levels[n] != paper.levels[n]]
-        print(f"{source:22} fast/paper: {fast.cost.forward_equivalents / paper.cost.forward_equivalents:.3f}x "
-              f"forward-equivalents, {fast.seconds / paper.seconds:.3f}x time; same choices: {not differing} "
-              f"({len(differing)} of {len(fast.levels)} modules differ); "
-              f"loss passes per module: {paper.cost.loss_passes / len(fast.levels):.2f}")
+        study_differing = [n for n in paper.levels if s["final"]["params"][n] != paper.levels[n]]
+        print(f"{source:22} fast/paper: {fast.cost.forward_equivalents / paper.cost.forward_equivalents:.3f}x FE, "
+              f"{fast.cost.seconds / paper.cost.seconds:.3f}x evaluation time; study/paper: "
+              f"{c['total_forward_equivalents'] / paper.cost.forward_equivalents:.3f}x FE, study/fast: "
+              f"{c['total_forward_equivalents'] / fast.cost.forward_equivalents:.3f}x FE; same choices: fast "
+              f"{not differing}, study {not study_differing} ({len(differing)} and {len(study_differing)} of "
+              f"{len(paper.levels)} modules differ)")
 
 
 if __name__ == "__main__":

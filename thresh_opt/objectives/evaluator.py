@@ -145,6 +145,7 @@ class Evaluator:
         self.tasks, self.limit, self.hardware = list(tasks or []), limit, hardware
         self.cache, self.batch_size, self.eval_chunks, self.next_word_limit = cache, batch_size, eval_chunks, next_word_limit
         self.cache_mb, self.incremental = cache_mb, incremental
+        self._known: dict[tuple[tuple[float, ...], str], tuple[dict[str, float], dict[str, dict[str, float]]]] = {}
 
     # ---- data, built once -------------------------------------------------------------------------
     @cached_property
@@ -239,10 +240,17 @@ class Evaluator:
         return ev
 
     def _expensive(self, groups: list[str], raw: dict[str, float], ev: Evaluation) -> None:
-        """Compute the expensive objective groups; their forwards count as `other` work, by tokens run."""
+        """Compute the expensive objective groups (a configuration measured before is not measured again); their
+        forwards count as `other` work, by tokens run."""
+        tm = self.loaded.thresholded
+        config = tuple(tm.thresholds[n] for n in tm.names)
+        for group in [g for g in groups if (config, g) in self._known]:
+            values, tasks = self._known[config, group]
+            raw.update(values)
+            ev.tasks.update(tasks)
+            groups = [g for g in groups if g != group]
         if not groups:
             return
-        tm = self.loaded.thresholded
         tokens = tm.tokens_run
         if "evaluation" in groups:
             raw["perplexity"] = perplexity(mean_loss(self.loaded.model, self.eval_chunks_tensor, self.batch_size))
@@ -253,3 +261,6 @@ class Evaluator:
             ev.tasks = self.lm_eval.evaluate()
             raw["accuracy"] = sum(r[ref.metric] for ref, r in zip(self.lm_eval.refs, ev.tasks.values())) / len(ev.tasks)
         self.engine.cost.other_fe += (tm.tokens_run - tokens) / self.engine.runner.tokens
+        for group in groups:
+            self._known[config, group] = ({o: raw[o] for o, obj in OBJECTIVES.items() if obj.needs == group},
+                                          dict(ev.tasks) if group == "lm_eval" else {})
