@@ -12,6 +12,7 @@ from typing import Any
 
 from optuna.logging import get_logger
 from optuna.samplers import BaseSampler
+from optuna.samplers import RandomSampler
 
 from thresh_opt.samplers._greedy_state import CANDIDATE
 from thresh_opt.samplers._greedy_state import MODULE
@@ -38,6 +39,7 @@ if TYPE_CHECKING:
     from optuna.distributions import BaseDistribution
     from optuna.study import Study
     from optuna.trial import FrozenTrial
+    from optuna.trial import TrialState
 
     from thresh_opt.samplers._greedy_state import Key
     from thresh_opt.samplers._greedy_state import Ledger
@@ -137,6 +139,12 @@ class GreedySampler(BaseSampler):
         kind_of:
             Module name -> kind, for the warm start. Default: strip a leading ``<prefix>.<int>.``
             (``"blocks.3.att.key"`` -> ``"att.key"``); a name without it is its own kind.
+        independent_sampler:
+            Samples the parameters the greedy search does not own (not in ``search_space``, or asked on a
+            trial it did not stamp), as Optuna's TPE and CMA-ES do. Default:
+            :class:`~optuna.samplers.RandomSampler`.
+        warn_independent_sampling:
+            Warn once per parameter name the first time one is sampled by ``independent_sampler``.
     """
 
     def __init__(
@@ -147,6 +155,8 @@ class GreedySampler(BaseSampler):
         warm_start: bool = True,
         keep_first: bool = False,
         kind_of: Callable[[str], str] | None = None,
+        independent_sampler: BaseSampler | None = None,
+        warn_independent_sampling: bool = True,
     ) -> None:
         if not search_space:
             raise ValueError("GreedySampler needs at least one parameter in search_space")
@@ -169,6 +179,9 @@ class GreedySampler(BaseSampler):
             keep_first=bool(keep_first),
         )
         self._loss_key = loss_key
+        self._independent = independent_sampler or RandomSampler()
+        self._warn = warn_independent_sampling
+        self._warned: set[str] = set()  # names warned about (logging only: no decision depends on it)
         self._pass_ids = tuple(self._pass_id(p) for p in range(len(self._tolerances)))
 
     def _pass_id(self, p: int) -> str:
@@ -183,6 +196,10 @@ class GreedySampler(BaseSampler):
             "pass": p,
         }
         return hashlib.sha1(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
+
+    def owns(self, param_name: str) -> bool:
+        """True for a parameter of the greedy search's space (the others are sampled independently)."""
+        return param_name in self._spec.candidates
 
     @property
     def loss_key(self) -> str:
@@ -337,10 +354,13 @@ class GreedySampler(BaseSampler):
         param_distribution: BaseDistribution,
     ) -> Any:
         params = trial.system_attrs.get(PARAMS)
-        if params is None:
-            raise ValueError("All parameters must be specified when using GreedySampler with enqueue_trial.")
-        if param_name not in params:
-            raise ValueError(f"The parameter {param_name!r} is not in the search space of GreedySampler.")
+        if params is None or param_name not in params:
+            if self._warn and param_name not in self._warned:
+                self._warned.add(param_name)
+                why = "is not in its search space" if not self.owns(param_name) else "was asked on a trial it did not issue"
+                _logger.warning(f"GreedySampler: parameter {param_name!r} {why}; it is sampled by "
+                                f"{type(self._independent).__name__} (warned once).")
+            return self._independent.sample_independent(study, trial, param_name, param_distribution)
         value = params[param_name]
         choices = getattr(param_distribution, "choices", None)
         if choices is not None and value not in choices:
@@ -349,3 +369,9 @@ class GreedySampler(BaseSampler):
                 f"{list(choices)}: ask with GreedySampler.search_space (0.0 included)."
             )
         return value
+
+    def after_trial(self, study: Study, trial: FrozenTrial, state: TrialState, values: Sequence[float] | None) -> None:
+        self._independent.after_trial(study, trial, state, values)
+
+    def reseed_rng(self) -> None:
+        self._independent.reseed_rng()

@@ -92,10 +92,15 @@ class HybridSampler(BaseSampler):
 
     def sample_independent(self, study: Study, trial: FrozenTrial, param_name: str,
                            param_distribution: BaseDistribution) -> Any:
-        return self._of(trial).sample_independent(study, trial, param_name, param_distribution)
+        # the greedy phase's parameters outside the greedy search's space go to the base sampler
+        owner = self._of(trial)
+        if owner is self.greedy and not self.greedy.owns(param_name):
+            owner = self.base
+        return owner.sample_independent(study, trial, param_name, param_distribution)
 
     def after_trial(self, study: Study, trial: FrozenTrial, state: TrialState, values: list[float] | None) -> None:
         self._of(trial).after_trial(study, trial, state, values)
 
     def reseed_rng(self) -> None:
+        self.greedy.reseed_rng()
         self.base.reseed_rng()

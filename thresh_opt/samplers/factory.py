@@ -25,9 +25,16 @@ def population_for_budget(trials: int) -> int:
     return max(4, min(50, trials // 6))
 
 
+# Constructor arguments that take Python objects (a sampler, a function): the Python API only.
+PYTHON_ONLY = ("independent_sampler", "kind_of")
+
+
 def _check(cls: type, options: dict[str, Any], source: str) -> None:
     allowed = [p for p in inspect.signature(cls.__init__).parameters if p not in ("self", "search_space")]
     for key in options:
+        if key in PYTHON_ONLY and key in allowed:
+            raise ConfigError(source, f"sampler.options.{key}", f"takes a Python object: set it through the Python "
+                              f"API ({cls.__name__}(..., {key}=...)), not in a study file")
         if key not in allowed:
             raise ConfigError(source, f"sampler.options.{key}", f"not an option of {cls.__name__}; allowed: {', '.join(allowed)}")
 
