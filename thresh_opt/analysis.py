@@ -75,7 +75,7 @@ def cost_history(study: optuna.Study) -> list[float]:
     """Forward-equivalents spent once each trial had finished (in trial order; the dense reference not included)."""
     total, history = 0.0, []
     for t in study.get_trials(deepcopy=False):
-        total += float(t.user_attrs.get("forward_equivalents", 0.0))
+        total += float(t.user_attrs.get(keys.FORWARD_EQUIVALENTS, 0.0))
         history.append(total)
     return history
 
@@ -84,12 +84,12 @@ def cost_totals(study: optuna.Study) -> dict[str, float]:
     """What a study's trials cost: forward-equivalents (trials, and the dense reference's passes), seconds,
     the most memory the incremental engine held, and how many trials skipped expensive objectives."""
     trials = study.get_trials(deepcopy=False)
-    fe = sum(float(t.user_attrs.get("forward_equivalents", 0.0)) for t in trials)
+    fe = sum(float(t.user_attrs.get(keys.FORWARD_EQUIVALENTS, 0.0)) for t in trials)
     reference = float(study.user_attrs.get(keys.REFERENCE_FE, 0.0))
     return {"trials": len(trials), "forward_equivalents": fe, "reference_forward_equivalents": reference,
             "total_forward_equivalents": fe + reference,
-            "seconds": sum(float(t.user_attrs.get("seconds", 0.0)) for t in trials),
-            "peak_cache_mb": max((float(t.user_attrs.get("cache_mb", 0.0)) for t in trials), default=0.0),
+            "seconds": sum(float(t.user_attrs.get(keys.SECONDS, 0.0)) for t in trials),
+            "peak_cache_mb": max((float(t.user_attrs.get(keys.CACHE_MB, 0.0)) for t in trials), default=0.0),
             "skipped_trials": sum(1 for t in trials if keys.SKIPPED in t.user_attrs)}
 
 

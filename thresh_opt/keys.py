@@ -22,4 +22,3 @@ FORWARD_EQUIVALENTS = "forward_equivalents"
 SECONDS = "seconds"
 CACHE_MB = "cache_mb"
 SKIPPED = "skipped"  # objective -> why it was not computed (the trial is PRUNED)
-THRESHOLDS = "thresholds"

@@ -108,10 +108,11 @@ def model_fingerprint(model: torch.nn.Module) -> str:
 
 
 def stats_cache_path(loaded: LoadedModel, spec: CalibrationSpec, levels: list[float] = DEFAULT_LEVELS,
-                     cache: Path | None = None) -> Path:
-    """Where the statistics of the calibration set under the model's current thresholds are cached."""
-    tm = loaded.thresholded
-    parts = [model_fingerprint(loaded.model), chunks_key(spec, loaded), json.dumps(levels), json.dumps(tm.thresholds)]
+                     cache: Path | None = None, thresholds: dict[str, float] | None = None) -> Path:
+    """Where the statistics of the calibration set under these thresholds (default: the model's current
+    ones) are cached."""
+    thresholds = loaded.thresholded.thresholds if thresholds is None else thresholds
+    parts = [model_fingerprint(loaded.model), chunks_key(spec, loaded), json.dumps(levels), json.dumps(thresholds)]
     key = hashlib.sha256("\n".join(parts).encode()).hexdigest()[:24]
     return (cache or cache_dir()) / "stats" / f"{key}.json"
 

@@ -33,7 +33,8 @@ from thresh_opt.models.prefix import PrefixRunner
 if TYPE_CHECKING:
     from collections.abc import Sequence
 
-    from thresh_opt.models.thresholded import Counts, ThresholdedModel
+    from thresh_opt.models.prefix import PassResult
+    from thresh_opt.models.thresholded import Counts, Observer, ThresholdedModel
 
 Statistics = Literal["dense", "sequential"]
 STATISTICS = ("dense", "sequential")
@@ -178,7 +179,8 @@ class IncrementalEngine:
         for j, inputs in captured.items():
             self.store.put(("block", j, t[: self.first_site[j]]), _BlockInput(inputs, counts))
 
-    def _run(self, t: tuple[float, ...], last_block: int, observers: list, stop_site: int | None):
+    def _run(self, t: tuple[float, ...], last_block: int, observers: list[Observer],
+             stop_site: int | None) -> tuple[int, PassResult, Counts]:
         """One pass under thresholds t from the deepest kept block input, keeping the inputs it passes."""
         start, entry = self._start(t, last_block) if self.incremental else (0, None)
         stop_block = self.runner.n_blocks - 1 if stop_site is None else self.tm.sites[stop_site].block
@@ -204,7 +206,8 @@ class IncrementalEngine:
             self.last_start = None
             return replace(known, known=True)
         began = time.perf_counter()
-        tail, observers, recorder = _dense_tail(t), [], None
+        tail, recorder = _dense_tail(t), None
+        observers: list[Observer] = []
         if self.incremental and tail < self.n and not self._has_stats(tail, t):
             recorder = _Recorder(self.names, self.levels, self.runner.device, tail, self.store.max_bytes // 4)
             observers.append(recorder)

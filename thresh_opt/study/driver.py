@@ -12,7 +12,7 @@ from optuna.storages import JournalStorage
 from optuna.storages.journal import JournalFileBackend
 from optuna.trial import FrozenTrial, Trial, TrialState
 
-from thresh_opt import keys
+from thresh_opt import analysis, keys
 from thresh_opt.interrupts import check, interruptible
 from thresh_opt.objectives import OBJECTIVES
 from thresh_opt.samplers import SteppedSampler
@@ -21,7 +21,6 @@ from thresh_opt.study.config import REPO_DIR, SearchSpaceConfig, StudyConfig, co
 from thresh_opt.study.executors import Executor
 from thresh_opt.study.space import SearchSpace
 from thresh_opt.study.worker import Gate, TrialResult
-
 
 TrialCallback = Callable[[optuna.Study, FrozenTrial, TrialResult], None]
 FrontCallback = Callable[[int, dict[str, float]], None]
@@ -78,11 +77,6 @@ def evaluated(trial: FrozenTrial) -> bool:
         trial.state == TrialState.PRUNED and keys.SKIPPED in trial.user_attrs)
 
 
-def spent(study: optuna.Study) -> float:
-    """Forward-equivalents of the study's trials so far (the dense reference not included)."""
-    return sum(float(t.user_attrs.get("forward_equivalents", 0.0)) for t in study.get_trials(deepcopy=False))
-
-
 def run_study(run: StudyRun, executor: Executor, on_trial: TrialCallback | None = None,
               on_front: FrontCallback | None = None) -> optuna.Study:
     """Run trials until the budget (total trials in the study, or forward-equivalents) is spent or the
@@ -120,7 +114,7 @@ def run_study(run: StudyRun, executor: Executor, on_trial: TrialCallback | None 
     gating = cfg.evaluation.skip_expensive != "never" and any(OBJECTIVES[n].expensive for n in objectives_needed(cfg))
     running: dict[int, Trial] = {}
     budget_fe = cfg.max_forward_equivalents
-    used = spent(study)
+    used = analysis.cost_totals(study)["forward_equivalents"]
 
     def finished() -> int:
         return sum(1 for t in study.get_trials(deepcopy=False) if evaluated(t))
@@ -182,11 +176,9 @@ def run_study(run: StudyRun, executor: Executor, on_trial: TrialCallback | None 
 
 def _cheap_points(study: optuna.Study, cheap: list[tuple[str, float]]) -> tuple[tuple[float, ...], ...]:
     """Cheap objective values (minimization form: value x sign) of the feasible complete trials."""
-    from thresh_opt.analysis import feasible
-
     return tuple(tuple(float(t.user_attrs[n]) * sign for n, sign in cheap)
                  for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-                 if feasible(t) and all(n in t.user_attrs for n, _ in cheap))
+                 if analysis.feasible(t) and all(n in t.user_attrs for n, _ in cheap))
 
 
 def front_metrics(study: optuna.Study) -> dict[int, dict[str, float]]:
@@ -199,8 +191,6 @@ def measure_front(study: optuna.Study, executor: Executor, metrics: list[str],
     """Measure `metrics` on every Pareto-front trial that lacks them (kept in the study attribute
     ``thresh_opt:front_metrics``, so a resumed study measures only its new front members); returns the
     trials measured."""
-    from thresh_opt import analysis
-
     measured = []
     for t in analysis.pareto_front(study):
         known = front_metrics(study).get(t.number, {})

@@ -7,6 +7,9 @@ import traceback
 from dataclasses import asdict, dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
+
+from thresh_opt import keys
 from thresh_opt.incremental import Cost
 from thresh_opt.study.config import SearchSpaceConfig, StudyConfig, constraint_values, objectives_needed
 
@@ -40,7 +43,7 @@ class TrialResult:
 
     def cost_attrs(self) -> dict[str, float]:
         """What the trial cost, as trial user attributes."""
-        return {"forward_equivalents": self.forward_equivalents, "seconds": self.seconds, "cache_mb": self.cache_mb,
+        return {keys.FORWARD_EQUIVALENTS: self.forward_equivalents, keys.SECONDS: self.seconds, keys.CACHE_MB: self.cache_mb,
                 **{f"cost.{k}": float(v) for k, v in asdict(self.cost).items() if k != "seconds"}}
 
 
@@ -80,7 +83,7 @@ class TrialWorker:
         import torch
 
         from thresh_opt.models import load_model
-        from thresh_opt.objectives import Evaluator
+        from thresh_opt.objectives import OBJECTIVES, Evaluator
 
         if threads:
             torch.set_num_threads(threads)
@@ -95,8 +98,7 @@ class TrialWorker:
                                    batch_size=ev.batch_size, cache_mb=ev.cache_mb, incremental=ev.incremental)
         self.engine = self.evaluator.engine
         self.begin_study(space_cfg, cfg.sampler.name)
-        from thresh_opt.objectives import OBJECTIVES
-
+        # the cheap objectives and constraints, for skip_expensive: dominated
         self._cheap = [o.name for o in cfg.objectives if not OBJECTIVES[o.name].expensive]
         self._signs = [1.0 if (o.direction or OBJECTIVES[o.name].direction) == "minimize" else -1.0
                        for o in cfg.objectives if o.name in self._cheap]
@@ -117,11 +119,8 @@ class TrialWorker:
         (which also gives the dense reference), then cached."""
         from thresh_opt.calibration.stats import read_stats, stats_cache_path, write_stats
 
-        tm = self.loaded.thresholded
-        saved = tm.thresholds
-        tm.reset_thresholds()
-        path = stats_cache_path(self.loaded, self.cfg.calibration, cache=self.evaluator.cache)
-        tm.set_thresholds(saved)
+        dense = {name: 0.0 for name in self.loaded.thresholded.names}
+        path = stats_cache_path(self.loaded, self.cfg.calibration, cache=self.evaluator.cache, thresholds=dense)
         stats = read_stats(path)
         if stats is not None and stats.levels == self.engine.levels:
             self.engine.seed_dense_stats(stats)
@@ -139,8 +138,7 @@ class TrialWorker:
                 "forward_equivalents": self.engine.cost.since(before).forward_equivalents}
 
     def _reason(self, gate: Gate, values: dict[str, float]) -> str | None:
-        import numpy as np
-
+        """Why the expensive objectives cannot matter for these cheap values, or None."""
         if gate.acceptance is not None and gate.key is not None and not gate.acceptance.accepts(values.get(gate.key)):
             a = gate.acceptance
             return (f"rejected by the calibration criterion: {gate.key} {values.get(gate.key, float('nan')):.6g} / "
@@ -169,9 +167,8 @@ class TrialWorker:
             thresholds = dict(zip(names, vector))
             reason = (lambda values: self._reason(gate, values)) if gate is not None else None
             ev = self.evaluator.evaluate(thresholds, only=self.needed, gate=reason, first=gate.key if gate else None)
-            outcome_block = self.engine.last_start
             return TrialResult(ev.values, thresholds, ev.per_module_sparsity, time.perf_counter() - started,
-                               skipped=ev.skipped, cost=self._spent(before, started), start_block=outcome_block,
+                               skipped=ev.skipped, cost=self._spent(before, started), start_block=self.engine.last_start,
                                cache_mb=self.engine.usage().mb)
         except Exception as exc:  # noqa: BLE001 - stored as a FAIL trial with its error; the study goes on
             last = traceback.format_exception_only(type(exc), exc)[-1].strip()
