@@ -126,3 +126,15 @@ def test_front_metrics_are_measured_on_the_final_front_only_and_logged(tmp_path,
     exp = client.get_experiment_by_name("s").experiment_id
     run = client.search_runs([exp], f"tags.trial_number = '{row['trial']}'")[0]
     assert run.data.metrics["front.perplexity"] == pytest.approx(expected)
+    cost = study.user_attrs["thresh_opt:front_cost"]  # the measurements' work counts in the totals
+    # 32 chunks of 32 held-out tokens over 2 x 32 calibration tokens: 16 FE each; the dense trial (0) was
+    # measured with the reference
+    assert cost["forward_equivalents"] == pytest.approx(16 * sum(1 for r in front if r["trial"] != 0))
+    # at most N front points: spread along the front, its ends included
+    path = write_study(tmp_path, name="few", sampler={"name": "random"}, trials=12, front_metrics=["perplexity"],
+                       front_points=2)
+    assert main(["study", "run", str(path)]) == 0
+    few = load(tmp_path, "few")
+    front = [t.number for t in few.trials if t.state == TrialState.COMPLETE]
+    measured = sorted(int(k) for k in few.user_attrs["thresh_opt:front_metrics"])
+    assert len(measured) == 2 and set(measured) <= set(front)

@@ -81,14 +81,17 @@ def cost_history(study: optuna.Study) -> list[float]:
 
 
 def cost_totals(study: optuna.Study) -> dict[str, float]:
-    """What a study's trials cost: forward-equivalents (trials, and the dense reference's passes), seconds,
-    the most memory the incremental engine held, and how many trials skipped expensive objectives."""
+    """What a study cost: forward-equivalents (trials, the dense reference's passes, the front metrics'
+    measurements, and their total), seconds of evaluation (trials and front metrics), the most memory the
+    incremental engine held, and how many trials skipped expensive objectives."""
     trials = study.get_trials(deepcopy=False)
     fe = sum(float(t.user_attrs.get(keys.FORWARD_EQUIVALENTS, 0.0)) for t in trials)
     reference = float(study.user_attrs.get(keys.REFERENCE_FE, 0.0))
+    front = study.user_attrs.get(keys.FRONT_COST, {keys.FORWARD_EQUIVALENTS: 0.0, keys.SECONDS: 0.0})
     return {"trials": len(trials), "forward_equivalents": fe, "reference_forward_equivalents": reference,
-            "total_forward_equivalents": fe + reference,
-            "seconds": sum(float(t.user_attrs.get(keys.SECONDS, 0.0)) for t in trials),
+            "front_forward_equivalents": front[keys.FORWARD_EQUIVALENTS],
+            "total_forward_equivalents": fe + reference + front[keys.FORWARD_EQUIVALENTS],
+            "seconds": sum(float(t.user_attrs.get(keys.SECONDS, 0.0)) for t in trials) + front[keys.SECONDS],
             "peak_cache_mb": max((float(t.user_attrs.get(keys.CACHE_MB, 0.0)) for t in trials), default=0.0),
             "skipped_trials": sum(1 for t in trials if keys.SKIPPED in t.user_attrs)}
 

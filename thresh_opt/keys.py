@@ -10,6 +10,7 @@ DENSE = "thresh_opt:dense"  # the dense model's objective values
 DENSE_SPARSITY = "thresh_opt:dense_sparsity"
 FINAL = "thresh_opt:final"  # a stepped sampler's final configurations
 FRONT_METRICS = "thresh_opt:front_metrics"  # trial number -> metric -> value, measured after the search
+FRONT_COST = "thresh_opt:front_cost"  # forward-equivalents and seconds of those measurements
 GROUPS = "thresh_opt:groups"  # parameter -> modules
 HARDWARE = "thresh_opt:hardware"
 OBJECTIVES = "thresh_opt:objectives"

@@ -188,9 +188,10 @@ def _print_front(study: Any, rows: list[dict[str, Any]], run_dir: Path) -> None:
                       *(f"{r[m]:.4g}" if m in r else "" for m in measured))
     console.print(table)
     c = analysis.cost_totals(study)
+    front = f", + {c['front_forward_equivalents']:.1f} for front metrics" if c["front_forward_equivalents"] else ""
     console.print(f"cost: {c['forward_equivalents']:.1f} forward-equivalents in {c['trials']} trials "
-                  f"(+ {c['reference_forward_equivalents']:.1f} for the dense reference), {c['seconds']:.1f} s of "
-                  f"evaluation, cache peak {c['peak_cache_mb']:.0f} MB; {c['skipped_trials']} trials skipped "
+                  f"(+ {c['reference_forward_equivalents']:.1f} for the dense reference{front}), {c['seconds']:.1f} s "
+                  f"of evaluation, cache peak {c['peak_cache_mb']:.0f} MB; {c['skipped_trials']} trials skipped "
                   "expensive objectives", highlight=False)
     console.print(f"run folder: {run_dir}   MLflow UI: thresh-opt ui {run_dir}", highlight=False)
 

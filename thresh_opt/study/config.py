@@ -171,6 +171,7 @@ class StudyConfig(_Strict):
     profile: str | None = None
     evaluation: EvaluationConfig = Field(default_factory=EvaluationConfig)
     front_metrics: list[str] = Field(default_factory=list)  # measured on the final Pareto front only
+    front_points: int | None = Field(None, ge=1)  # at most this many front trials get them (spread; finals kept)
     max_forward_equivalents: float | None = Field(None, gt=0)  # budget in full calibration passes
 
 

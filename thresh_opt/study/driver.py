@@ -170,7 +170,7 @@ def run_study(run: StudyRun, executor: Executor, on_trial: TrialCallback | None 
                             "thresholds": thresholds})
         study.set_user_attr(keys.FINAL, records)
     if cfg.front_metrics:
-        measure_front(study, executor, cfg.front_metrics, on_front)
+        measure_front(study, executor, cfg.front_metrics, on_front, cfg.front_points)
     return study
 
 
@@ -186,25 +186,39 @@ def front_metrics(study: optuna.Study) -> dict[int, dict[str, float]]:
     return {int(k): v for k, v in study.user_attrs.get(keys.FRONT_METRICS, {}).items()}
 
 
+def _front_choice(study: optuna.Study, points: int | None) -> list[FrozenTrial]:
+    """The Pareto front, or at most `points` of it spread evenly along the first objective, always with the
+    stepped sampler's final configurations."""
+    front = analysis.pareto_front(study)  # sorted by the first objective
+    if points is None or len(front) <= points:
+        return front
+    finals = {r["trial"] for r in study.user_attrs.get(keys.FINAL, [])}
+    chosen = {front[round(i * (len(front) - 1) / max(points - 1, 1))].number for i in range(points)}
+    return [t for t in front if t.number in chosen or t.number in finals]
+
+
 def measure_front(study: optuna.Study, executor: Executor, metrics: list[str],
-                  on_front: FrontCallback | None = None) -> list[int]:
-    """Measure `metrics` on every Pareto-front trial that lacks them (kept in the study attribute
-    ``thresh_opt:front_metrics``, so a resumed study measures only its new front members); returns the
-    trials measured."""
+                  on_front: FrontCallback | None = None, points: int | None = None) -> list[int]:
+    """Measure `metrics` on every Pareto-front trial (or `points` of them) that lacks them; they are kept in
+    the study attribute ``thresh_opt:front_metrics``, so a resumed study measures only its new front
+    members, and their cost in ``thresh_opt:front_cost``. Returns the trials measured."""
     measured = []
-    for t in analysis.pareto_front(study):
+    for t in _front_choice(study, points):
         known = front_metrics(study).get(t.number, {})
         missing = [m for m in metrics if m not in known]
         if not missing or "thresholds" not in t.user_attrs:
             continue
         with interruptible():
-            values = executor.measure(json.loads(t.user_attrs["thresholds"]), missing)
+            result = executor.measure(json.loads(t.user_attrs["thresholds"]), missing)
         stored = {str(k): v for k, v in front_metrics(study).items()}
-        stored[str(t.number)] = {**known, **values}
+        stored[str(t.number)] = {**known, **result.values}
         study.set_user_attr(keys.FRONT_METRICS, stored)
+        cost = study.user_attrs.get(keys.FRONT_COST, {keys.FORWARD_EQUIVALENTS: 0.0, keys.SECONDS: 0.0})
+        study.set_user_attr(keys.FRONT_COST, {keys.FORWARD_EQUIVALENTS: cost[keys.FORWARD_EQUIVALENTS] + result.forward_equivalents,
+                                              keys.SECONDS: cost[keys.SECONDS] + result.seconds})
         measured.append(t.number)
         if on_front is not None:
-            on_front(t.number, values)
+            on_front(t.number, result.values)
         check()
     return measured
 

@@ -33,8 +33,8 @@ class Executor(Protocol):
     def info(self) -> dict[str, Any]:
         """Modules, parameters, groups and the model's dimensions."""
 
-    def measure(self, thresholds: dict[str, float], names: list[str]) -> dict[str, float]:
-        """Objectives of one configuration, all of them."""
+    def measure(self, thresholds: dict[str, float], names: list[str]) -> TrialResult:
+        """Objectives of one configuration, all of them, and what they cost."""
 
     def close(self) -> None:
         """Release workers."""
@@ -79,8 +79,8 @@ class SerialExecutor:
         """Modules, parameters and groups."""
         return self.worker.info()
 
-    def measure(self, thresholds: dict[str, float], names: list[str]) -> dict[str, float]:
-        """Objectives of one configuration."""
+    def measure(self, thresholds: dict[str, float], names: list[str]) -> TrialResult:
+        """Objectives of one configuration, and what they cost."""
         return self.worker.measure(thresholds, names)
 
     def close(self) -> None:
@@ -183,8 +183,8 @@ class RayExecutor:
         """Modules, parameters and groups."""
         return self._ray.get(self.actors[0].info.remote())
 
-    def measure(self, thresholds: dict[str, float], names: list[str]) -> dict[str, float]:
-        """Objectives of one configuration, on the first actor."""
+    def measure(self, thresholds: dict[str, float], names: list[str]) -> TrialResult:
+        """Objectives of one configuration, on the first actor, and what they cost."""
         return self._ray.get(self.actors[0].measure.remote(thresholds, names))
 
     def close(self) -> None:

@@ -11,6 +11,7 @@ import numpy as np
 
 from thresh_opt import keys
 from thresh_opt.incremental import Cost
+from thresh_opt.memory import release_free_memory
 from thresh_opt.study.config import SearchSpaceConfig, StudyConfig, constraint_values, objectives_needed
 
 if TYPE_CHECKING:
@@ -173,14 +174,19 @@ class TrialWorker:
         except Exception as exc:  # noqa: BLE001 - stored as a FAIL trial with its error; the study goes on
             last = traceback.format_exception_only(type(exc), exc)[-1].strip()
             return TrialResult(seconds=time.perf_counter() - started, error=last, cost=self._spent(before, started))
+        finally:
+            release_free_memory()
 
     def _spent(self, before: Cost, started: float) -> Cost:
         return replace(self.engine.cost.since(before), seconds=time.perf_counter() - started)
 
-    def measure(self, thresholds: dict[str, float], names: list[str]) -> dict[str, float]:
-        """Objectives of one configuration (the study's front metrics), all of them, no gate."""
+    def measure(self, thresholds: dict[str, float], names: list[str]) -> TrialResult:
+        """Objectives of one configuration (the study's front metrics), all of them, no gate, and what they cost."""
+        started = time.perf_counter()
+        before = replace(self.engine.cost)
         ev = self.evaluator.evaluate(thresholds, only=names)
-        return {n: ev.values[n] for n in names}
+        return TrialResult({n: ev.values[n] for n in names}, thresholds, ev.per_module_sparsity,
+                           time.perf_counter() - started, cost=self._spent(before, started))
 
     def info(self) -> dict[str, Any]:
         """What the driver records about the model and space."""
