@@ -9,7 +9,8 @@ tokens), with lm-eval accuracy on a local task among the objectives:
 - rejected (default): no accuracy for greedy candidates the calibration loss rejects;
 - dominated: also none for trials that an earlier trial dominates on the cheap objectives;
 - front: accuracy is not an objective but a front metric, measured on the final Pareto front only
-  (the paper's practice: search on the calibration loss, then report zero-shot accuracy).
+  (the paper's practice: search on the calibration loss, then report zero-shot accuracy);
+- front-8: the same on at most 8 front trials, spread along the front (`front_points: 8`).
 
 Each is `thresh-opt study run` in its own process; the greedy's choices must not change.
 """
@@ -27,20 +28,21 @@ from pathlib import Path
 import yaml
 
 REPO = Path(__file__).resolve().parent.parent
-WAYS = ("never", "rejected", "dominated", "front")
+WAYS = ("never", "rejected", "dominated", "front", "front-8")
 
 
 def run(way: str, task: str, limit: int, loss_inc: float, folder: Path) -> dict:
     """One study; its wall time, trials, lm-eval runs, cost and final choices."""
-    objectives = [{"name": "loss_ratio"}, {"name": "energy_gain"}] + ([] if way == "front" else [{"name": "accuracy"}])
+    front = way.startswith("front")
+    objectives = [{"name": "loss_ratio"}, {"name": "energy_gain"}] + ([] if front else [{"name": "accuracy"}])
     cfg = {"name": way, "model": {"source": "embedded:rwkv4-tiny"}, "run_dir": str(folder / way),
            "calibration": {"source": "heldout", "ctx_len": 128, "count": 8, "seed": 0},
            "search_space": str(REPO / "search_spaces" / "rwkv4-per-module.yaml"), "objectives": objectives,
            "constraints": [{"objective": "loss_ratio", "max": 1.05}], "tasks": [task], "limit": limit,
            "sampler": {"name": "greedy", "options": {"loss_inc": loss_inc}}, "trials": 1000,
            "baselines": {"dense": True, "uniform": []},
-           "evaluation": {"skip_expensive": "rejected" if way == "front" else way},
-           "front_metrics": ["accuracy"] if way == "front" else []}
+           "evaluation": {"skip_expensive": "rejected" if front else way},
+           "front_metrics": ["accuracy"] if front else [], "front_points": 8 if way == "front-8" else None}
     path = folder / f"{way}.yaml"
     path.write_text(yaml.safe_dump(cfg))
     began = time.perf_counter()

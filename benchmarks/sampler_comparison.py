@@ -28,23 +28,24 @@ def main() -> None:
     if args.run_dir:
         cmd += ["--run-dir", str(args.run_dir)]
     out = json.loads(subprocess.run(cmd, check=True, capture_output=True, text=True).stdout)
-    budgets, rows = out["budgets"], {r["sampler"]: r for r in out["rows"]}
+    rows = {r["sampler"]: r for r in out["rows"]}
+    budgets = [(f"hv@{b}", f"HV@{b}") for b in out["budgets"]] + [(f"hv@{b:g}fe", f"HV@{b:g}FE") for b in out["fe_budgets"]]
     plain = [s for s in rows if not s.startswith("hybrid")]
-    print(f"{'sampler':20} " + " ".join(f"{'HV@' + str(b):>18}" for b in budgets) + "   (ratio to best non-hybrid)")
+    print(f"{'sampler':20} " + " ".join(f"{title:>18}" for _, title in budgets) + f" {'FE':>7}   (ratio to best non-hybrid)")
     for name, r in rows.items():
         cells = []
-        for b in budgets:
-            best = max(rows[s][f"hv@{b}"]["mean"] for s in plain)
-            c = r[f"hv@{b}"]
+        for key, _ in budgets:
+            best = max(rows[s][key]["mean"] for s in plain)
+            c = r[key]
             cells.append(f"{c['mean']:.4f}±{c['std']:.4f} {c['mean'] / best:4.2f}x")
-        print(f"{name:20} " + " ".join(f"{c:>18}" for c in cells))
+        print(f"{name:20} " + " ".join(f"{c:>18}" for c in cells) + f" {r['forward_equivalents']:7.1f}")
     for name in rows:
         if not name.startswith("hybrid"):
             continue
         base = name.split("-", 1)[1]
         parts = [s for s in (base, "greedy") if s in rows]
-        wins = [all(rows[name][f"hv@{b}"]["mean"] > rows[s][f"hv@{b}"]["mean"] for s in parts) for b in budgets]
-        print(f"{name} beats {' and '.join(parts)} at budgets {budgets}: {wins}")
+        wins = [all(rows[name][key]["mean"] > rows[s][key]["mean"] for s in parts) for key, _ in budgets]
+        print(f"{name} beats {' and '.join(parts)} at budgets {[t for _, t in budgets]}: {wins}")
     print(f"report: {out['report']}")
 
 
