@@ -84,11 +84,24 @@ def test_bad_thresholds_files_exit_2_with_one_line(capsys, tmp_path, content, ma
         (["model", "sparsity", "embedded:rwkv4-tiny", "--uniform-sparsity", "1.5"], "allowed 0 to 0.99"),
         (["model", "info", "embedded:nope"], "unknown embedded model"),
         (["model", "sparsity", "embedded:rwkv4-tiny", "--thresholds", "/no/such.json"], "no such thresholds file"),
+        (["evaluate", "embedded:rwkv4-tiny", "--uniform-sparsity", "0.1", "--tasks", "/no/such/folder"],
+         "folder /no/such/folder does not exist"),
+        (["evaluate", "embedded:rwkv4-tiny", "--uniform-sparsity", "0.1", "--objectives", "accuracy", "--tasks",
+          "/no/such/folder"], "folder /no/such/folder does not exist"),
     ],
 )
 def test_bad_input_exits_2(capsys, args, match):
     code, _, err = run_cli(capsys, *args)
     assert code == 2 and match in err
+
+
+def test_tasks_without_an_objective_that_runs_them_exit_2(capsys, tmp_path):
+    folder = tmp_path / "piqa"
+    folder.mkdir()
+    (folder / "test.jsonl").write_text('{"goal": "g", "sol1": "a", "sol2": "b", "label": 0}\n')
+    code, out, err = run_cli(capsys, "evaluate", "embedded:rwkv4-tiny", "--uniform-sparsity", "0.1", "--tasks", str(folder))
+    assert code == 2 and out == ""
+    assert "no objective runs them: add 'accuracy' to the objectives" in err and str(folder) in err
 
 
 def test_console_script_usage_error_and_help():

@@ -108,6 +108,8 @@ def test_export_writes_thresholds_and_report(tmp_path, capsys):
         ({"sampler": {"name": "hybrid", "options": {"loss_inc": [1.01, 0.99]}}}, "sampler.options.loss_inc: loss_inc must be"),
         ({"front_metrics": ["speed"]}, "front_metrics.0: unknown objective 'speed'"),
         ({"front_metrics": ["accuracy"]}, "tasks: objective 'accuracy' needs lm-eval tasks"),
+        ({"tasks": ["piqa"]}, "tasks: lm-eval tasks are given but no objective runs them"),
+        ({"tasks": ["/no/such/folder"], "front_metrics": ["accuracy"]}, "tasks: task 'folder': folder /no/such/folder does not exist"),
         ({"evaluation": {"cache_mb": 0}}, "evaluation.cache_mb: Input should be greater than or equal to 1"),
         ({"evaluation": {"skip_expensive": "always"}}, "evaluation.skip_expensive: Input should be 'never'"),
         ({"search_space": {"statistics": "layerwise"}}, "search_space.statistics: Input should be 'auto'"),

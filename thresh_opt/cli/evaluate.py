@@ -35,10 +35,13 @@ def register(groups: argparse._SubParsersAction) -> None:
 def cmd_evaluate(args: argparse.Namespace) -> int:
     """Evaluate and print the objectives next to the dense model's."""
     from thresh_opt.calibration import cached_activation_stats
-    from thresh_opt.objectives.evaluator import OBJECTIVES, Evaluator, check_objectives
+    from thresh_opt.objectives.evaluator import OBJECTIVES, Evaluator, check_objectives, check_tasks
 
     objectives = check_objectives([o.strip() for o in args.objectives.split(",") if o.strip()])
     tasks = [t.strip() for t in args.tasks.split(",") if t.strip()]
+    problem = check_tasks(tasks, objectives)
+    if problem:
+        raise UserError(f"--tasks {args.tasks}: {problem}")
     if args.uniform_sparsity is not None and not 0.0 <= args.uniform_sparsity <= 0.99:
         raise UserError(f"--uniform-sparsity {args.uniform_sparsity}: allowed 0 to 0.99")
     if args.limit is not None and args.limit < 1:

@@ -64,6 +64,22 @@ def check_objectives(names: list[str]) -> list[str]:
     return list(names)
 
 
+def check_tasks(tasks: list[str], objectives: list[str]) -> str | None:
+    """Why these lm-eval tasks cannot be used with these objectives, or None: every local task folder
+    must exist, and tasks need an objective that runs them (so a task list is never ignored silently)."""
+    from thresh_opt.objectives.lm_eval_tasks import parse_task
+
+    for text in tasks:
+        try:
+            parse_task(text)
+        except UserError as exc:
+            return str(exc)
+    users = [n for n, o in OBJECTIVES.items() if o.needs == "lm_eval"]
+    if tasks and not any(n in users for n in objectives):
+        return f"lm-eval tasks are given but no objective runs them: add {' or '.join(map(repr, users))} to the objectives"
+    return None
+
+
 Gate = Callable[[dict[str, float]], "str | None"]
 
 

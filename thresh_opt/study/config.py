@@ -238,6 +238,11 @@ def load_study(path: Path | None = None) -> tuple[StudyConfig, SearchSpaceConfig
     used = names + [c.objective for c in cfg.constraints] + cfg.front_metrics
     if "accuracy" in used and not cfg.tasks:
         raise ConfigError(str(path), "tasks", "objective 'accuracy' needs lm-eval tasks (names or local folders)")
+    from thresh_opt.objectives.evaluator import check_tasks
+
+    problem = check_tasks(cfg.tasks, used)
+    if problem:
+        raise ConfigError(str(path), "tasks", problem)
     if isinstance(cfg.search_space, str):
         space_path = (path.parent / cfg.search_space).resolve()
         space = load_space(space_path)
