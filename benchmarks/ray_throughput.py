@@ -22,7 +22,8 @@ import optuna  # noqa: E402
 
 from thresh_opt.study.config import SamplerConfig, SearchSpaceConfig, StudyConfig  # noqa: E402
 from thresh_opt.study.driver import StudyRun, run_study  # noqa: E402
-from thresh_opt.study.executors import RayExecutor, SerialExecutor  # noqa: E402
+from thresh_opt.study.executors import SerialExecutor  # noqa: E402
+from thresh_opt.study.ray_executor import RayExecutor  # noqa: E402
 
 
 def measure(cfg: StudyConfig, space: SearchSpaceConfig, workers: int) -> tuple[float, float]:

@@ -109,9 +109,10 @@ def test_a_study_on_a_ray_cluster_tracked_by_an_mlflow_server(tmp_path):
             except OSError:
                 time.sleep(1)
         path = write(tmp_path, "c", sampler={"name": "random"}, trials=4)
-        code = main(["study", "run", str(path), "--ray-address", f"127.0.0.1:{ray_port}", "--workers", "2",
-                     "--tracking-uri", uri, "--json"])
-        assert code == 0
+        joined = subprocess.run([sys.executable, "-m", "thresh_opt", "study", "run", str(path), "--ray-address",
+                                 f"127.0.0.1:{ray_port}", "--workers", "2", "--tracking-uri", uri, "--json"],
+                                env={**env, "HF_HUB_OFFLINE": "1"}, capture_output=True, text=True, timeout=600)
+        assert joined.returncode == 0, joined.stderr[-2000:]  # a fresh process, as users join (Ray reads auth at import)
         study = load(tmp_path, "c")
         assert len(study.get_trials(states=(TrialState.COMPLETE,))) == 4
         client = MlflowClient(uri)

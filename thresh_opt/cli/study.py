@@ -27,6 +27,7 @@ def register(groups: argparse._SubParsersAction) -> None:
     run.add_argument("--forward-equivalents", type=float, metavar="FE", dest="max_forward_equivalents",
                      help="stop once the trials have spent FE forward-equivalents (full calibration passes)")
     run.add_argument("--workers", type=int, help="parallel trials; more than 1 runs Ray actors")
+    run.add_argument("--gpus-per-worker", type=float, metavar="G", help="GPUs per Ray worker (fractions share one)")
     run.add_argument("--seed", type=int)
     run.add_argument("--storage", help="Optuna storage: a journal file or an RDB URL (default: run folder)")
     run.add_argument("--ray-address", help="join an existing Ray cluster (ray start --head prints it)")
@@ -64,19 +65,22 @@ def _locate(p: argparse.ArgumentParser) -> None:
 
 
 def _overridden(args: argparse.Namespace):  # noqa: ANN202
-    from thresh_opt.study.config import load_study
+    from thresh_opt.study.config import DEFAULT_STUDY, check_workers, load_study
 
     cfg, space = load_study(args.study)
     updates = {k: getattr(args, k) for k in ("trials", "workers", "seed", "storage", "ray_address", "tracking_uri",
-                                             "max_forward_equivalents") if getattr(args, k) is not None}
+                                             "max_forward_equivalents", "gpus_per_worker") if getattr(args, k) is not None}
     for k, v in updates.items():
         if k in ("trials", "workers") and v < 1:
             raise UserError(f"--{k}: must be >= 1")
         if k == "max_forward_equivalents" and not v > 0:
             raise UserError("--forward-equivalents: must be > 0")
+        if k == "gpus_per_worker" and not v >= 0:
+            raise UserError("--gpus-per-worker: must be >= 0")
     if args.run_dir is not None:
         updates["run_dir"] = str(args.run_dir)
     cfg = cfg.model_copy(update=updates)
+    check_workers(cfg, str(args.study or DEFAULT_STUDY))
     if args.sampler:
         cfg = cfg.model_copy(update={"sampler": cfg.sampler.model_copy(update={"name": args.sampler, "options": {}})})
         if args.sampler in NEEDS_LEVELS and space.level_list() is None:

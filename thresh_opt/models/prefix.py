@@ -16,10 +16,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from thresh_opt.errors import UserError
+from thresh_opt.models.head import HeadLoss
 from thresh_opt.models.specs import _submodule
 from thresh_opt.models.thresholded import Observer, ThresholdedModel
 
@@ -71,9 +71,11 @@ class PrefixRunner:
         tm: the thresholded model.
         chunks: (n, ctx_len) token ids; the same batches are used by every pass.
         batch_size: chunks per forward call.
+        sliced_head: compute the loss from the head's input in slices (never the batch's full logits),
+            where that gives the model's own logits.
     """
 
-    def __init__(self, tm: ThresholdedModel, chunks: torch.Tensor, batch_size: int = 8) -> None:
+    def __init__(self, tm: ThresholdedModel, chunks: torch.Tensor, batch_size: int = 8, sliced_head: bool = True) -> None:
         self.tm = tm
         self.device = next(tm.model.parameters()).device
         self.batches = [b.to(self.device) for b in chunks.split(batch_size)]
@@ -85,6 +87,7 @@ class PrefixRunner:
             self.block_macs[s.block] += s.macs
         head = tm.model.get_output_embeddings() if hasattr(tm.model, "get_output_embeddings") else None
         self.head_macs = int(head.weight.numel()) if head is not None else 0
+        self.head = HeadLoss(tm.model, self.batches[0][:1], sliced=sliced_head)
         try:  # one probe forward, here rather than inside a measured pass
             self._extras: tuple | None = self._block_extras()
             self._no_skipping: UserError | None = None
@@ -145,13 +148,10 @@ class PrefixRunner:
                 for i, batch in enumerate(self.batches):
                     batch_index[0] = i
                     try:
-                        logits = self.tm(input_ids=batch, use_cache=False).logits
+                        total += self.head.loss_sum(lambda batch=batch: self.tm(input_ids=batch, use_cache=False), batch)
                     except _Stop:
                         continue
-                    targets = batch[:, 1:]
-                    for row in range(logits.shape[0]):  # one row at a time: no float copy of the batch's logits
-                        total += F.cross_entropy(logits[row, :-1].float(), targets[row], reduction="sum").item()
-                    tokens += targets.numel()
+                    tokens += batch[:, 1:].numel()
         finally:
             for h in hooks:
                 h.remove()

@@ -8,7 +8,6 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import torch
-import torch.nn.functional as F
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
@@ -27,15 +26,17 @@ def token_chunks(tokenizer: PreTrainedTokenizerBase, text: str, ctx_len: int) ->
 
 @torch.no_grad()
 def mean_loss(model: PreTrainedModel, chunks: torch.Tensor, batch_size: int = 8) -> float:
-    """Mean next-token cross-entropy (nats) over every predicted token of the chunks."""
+    """Mean next-token cross-entropy (nats) over every predicted token of the chunks (the head applied a
+    slice at a time, see `thresh_opt.models.head`)."""
+    from thresh_opt.models.head import HeadLoss
+
     device = next(model.parameters()).device
+    head = HeadLoss.of(model, chunks[:1].to(device))
     total, count = 0.0, 0
     for batch in chunks.split(batch_size):
         batch = batch.to(device)
-        logits = model(input_ids=batch).logits[:, :-1].float()
-        targets = batch[:, 1:]
-        total += F.cross_entropy(logits.reshape(-1, logits.size(-1)), targets.reshape(-1), reduction="sum").item()
-        count += targets.numel()
+        total += head.loss_sum(lambda batch=batch: model(input_ids=batch, use_cache=False), batch)
+        count += batch[:, 1:].numel()
     return total / count
 
 

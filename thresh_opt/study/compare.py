@@ -28,6 +28,7 @@ from thresh_opt.study.config import (
     StudyConfig,
     _Strict,
     check_loss_key,
+    check_workers,
     load_space,
     load_study,
 )
@@ -152,6 +153,8 @@ def load_compare(path: Path, overrides: dict[str, Any] | None = None,
                 "ray_address": ray_address or template.ray_address,
                 "tracking_uri": ccfg.tracking_uri or template.tracking_uri})
             contenders.append(Contender(entry.key, seed, cfg, space))
+    for c in contenders[:1]:  # workers, cluster and device are the same for every contender
+        check_workers(c.cfg, str(path))
     return ccfg, template, contenders
 
 

@@ -161,6 +161,8 @@ class StudyConfig(_Strict):
     trials: int = Field(60, ge=1)
     seed: int = 0
     workers: int = Field(1, ge=1)
+    gpus_per_worker: float = Field(0.0, ge=0)  # Ray num_gpus per actor (fractions share a GPU)
+    max_worker_restarts: int = Field(3, ge=0)  # dead Ray workers replaced before the study stops
     storage: str | None = None
     run_dir: str | None = None
     tracking_uri: str | None = None
@@ -173,6 +175,15 @@ class StudyConfig(_Strict):
     front_metrics: list[str] = Field(default_factory=list)  # measured on the final Pareto front only
     front_points: int | None = Field(None, ge=1)  # at most this many front trials get them (spread; finals kept)
     max_forward_equivalents: float | None = Field(None, gt=0)  # budget in full calibration passes
+
+
+def check_workers(cfg: StudyConfig, source: str) -> None:
+    """Ray actors see a GPU only when they request one: a CUDA model on Ray workers needs gpus_per_worker."""
+    ray = cfg.workers > 1 or cfg.ray_address is not None
+    if ray and cfg.model.device.startswith("cuda") and cfg.gpus_per_worker == 0:
+        raise ConfigError(source, "gpus_per_worker", f"model.device {cfg.model.device!r} on Ray workers needs "
+                          "gpus_per_worker > 0 (e.g. 1, or 0.5 for two workers per GPU): Ray hides GPUs from "
+                          "actors that do not request them")
 
 
 def objectives_needed(cfg: StudyConfig) -> list[str]:
@@ -255,6 +266,7 @@ def load_study(path: Path | None = None) -> tuple[StudyConfig, SearchSpaceConfig
 
     check_sampler_options(cfg.sampler, str(path))
     check_loss_key(cfg, str(path))
+    check_workers(cfg, str(path))
     if cfg.sampler.name in NEEDS_LEVELS and space.range is not None:
         raise ConfigError(str(path), "sampler.name", f"the {cfg.sampler.name} sampler needs a discrete search space (levels), not a range")
     return cfg, space

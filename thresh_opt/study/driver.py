@@ -18,7 +18,7 @@ from thresh_opt.objectives import OBJECTIVES
 from thresh_opt.samplers import SteppedSampler
 from thresh_opt.samplers.factory import make_sampler
 from thresh_opt.study.config import REPO_DIR, SearchSpaceConfig, StudyConfig, constraint_values, objectives_needed
-from thresh_opt.study.executors import Executor
+from thresh_opt.study.executors import Executor, WorkersLost
 from thresh_opt.study.space import SearchSpace
 from thresh_opt.study.worker import Gate, TrialResult
 
@@ -102,6 +102,7 @@ def run_study(run: StudyRun, executor: Executor, on_trial: TrialCallback | None 
         profile = str(Path(cfg.profile).resolve()) if cfg.profile else None
         study.set_user_attr(keys.HARDWARE, {**info["hardware"], "profile": profile})
     study.set_user_attr(keys.OBJECTIVES, [o.name for o in cfg.objectives])
+    study.set_user_attr(keys.WORKERS, executor.placement())
     if not study.user_attrs.get(keys.BASELINES):
         if cfg.baselines.dense:
             study.enqueue_trial(space.uniform(0.0))
@@ -149,14 +150,17 @@ def run_study(run: StudyRun, executor: Executor, on_trial: TrialCallback | None 
             with interruptible():
                 number, result = executor.next_result()
             trial = running.pop(number)
+            if result.lost is not None:
+                study.set_user_attr(keys.WORKER_DEATHS, study.user_attrs.get(keys.WORKER_DEATHS, 0) + 1)
             frozen = _tell(study, trial, result, names, cfg, dense)
             used += result.forward_equivalents
             if on_trial is not None:
                 on_trial(study, frozen, result)
             check()
-    except KeyboardInterrupt:
-        for trial in running.values():
-            trial.set_user_attr("error", "interrupted by the user")
+    except (KeyboardInterrupt, WorkersLost) as exc:
+        why = "interrupted by the user" if isinstance(exc, KeyboardInterrupt) else f"abandoned: {exc}"
+        for trial in running.values():  # abandoned, not rejected: a resumed study issues them again
+            trial.set_user_attr("error", why)
             study.tell(trial, state=TrialState.PRUNED)
         raise
     if sampler_done() and stepped is not None:
@@ -226,7 +230,12 @@ def measure_front(study: optuna.Study, executor: Executor, metrics: list[str],
 def _tell(study: optuna.Study, trial: Trial, result: TrialResult, names: list[str], cfg: StudyConfig,
           dense: dict[str, float]) -> FrozenTrial:
     """Store a result: COMPLETE with its values; PRUNED when objectives were skipped (the cheap values and
-    the reason are kept); FAIL with the error."""
+    the reason are kept) or when its worker died (abandoned: samplers issue it again, budgets do not
+    count it); FAIL with the error."""
+    if result.lost is not None:
+        trial.set_user_attr("error", f"worker lost: {result.lost}")
+        trial.set_user_attr(keys.WORKER_LOST, result.lost)
+        return study.tell(trial, state=TrialState.PRUNED)
     for key, value in result.cost_attrs().items():
         trial.set_user_attr(key, value)
     if result.error is not None:

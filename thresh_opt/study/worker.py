@@ -36,6 +36,7 @@ class TrialResult:
     cost: Cost = field(default_factory=Cost)
     start_block: int | None = None
     cache_mb: float = 0.0
+    lost: str | None = None  # the worker died during the trial: why (nothing was measured)
 
     @property
     def forward_equivalents(self) -> float:
@@ -187,6 +188,24 @@ class TrialWorker:
         ev = self.evaluator.evaluate(thresholds, only=names)
         return TrialResult({n: ev.values[n] for n in names}, thresholds, ev.per_module_sparsity,
                            time.perf_counter() - started, cost=self._spent(before, started))
+
+    def placement(self) -> dict[str, Any]:
+        """Where this worker runs: host, process, the device its model is on and, inside a Ray actor, its
+        node and the GPUs Ray assigned (Ray sets CUDA_VISIBLE_DEVICES to them, so 'cuda' is the first)."""
+        import os
+        import socket
+
+        where: dict[str, Any] = {"host": socket.gethostname(), "pid": os.getpid(),
+                                 "device": str(next(self.loaded.model.parameters()).device)}
+        try:
+            import ray
+        except ImportError:
+            return where
+        if ray.is_initialized():
+            context = ray.get_runtime_context()
+            where["node"] = context.get_node_id()
+            where["gpus"] = [str(g) for g in context.get_accelerator_ids().get("GPU", [])]
+        return where
 
     def info(self) -> dict[str, Any]:
         """What the driver records about the model and space."""
