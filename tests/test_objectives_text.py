@@ -18,6 +18,45 @@ def test_mean_loss_matches_the_models_own_loss(rwkv):
     assert perplexity(own) == math.exp(own)
 
 
+def test_the_loss_from_the_heads_input_in_slices_matches_the_full_logits(rwkv, opt, monkeypatch):
+    from thresh_opt.models import head
+
+    for loaded in (rwkv, opt):
+        ids = chunks_of(loaded, 3)
+        sliced, whole = head.HeadLoss(loaded.model, ids), head.HeadLoss(loaded.model, ids, sliced=False)
+        assert sliced.sliced and not whole.sliced
+        vocab = loaded.model.get_output_embeddings().out_features
+        monkeypatch.setattr(head, "SLICE_BYTES", 4 * vocab * 7)  # slices of 7 tokens: many, and a ragged last one
+        with torch.no_grad():
+            own = loaded.model(input_ids=ids, labels=ids).loss.item() * ids[:, 1:].numel()
+
+        def forward(loaded=loaded):
+            return loaded.model(input_ids=ids, use_cache=False)
+
+        assert math.isclose(sliced.loss_sum(forward, ids), own, rel_tol=1e-5)
+        assert math.isclose(whole.loss_sum(forward, ids), own, rel_tol=1e-5)
+
+
+def test_a_model_that_changes_its_logits_after_the_head_keeps_the_full_forward(rwkv):
+    from thresh_opt.models.head import HeadLoss
+
+    def soft_cap(_m, _args, out):
+        out.logits = 5.0 * torch.tanh(out.logits / 5.0)
+        return out
+
+    handle = rwkv.model.register_forward_hook(soft_cap)
+    try:
+        ids = chunks_of(rwkv, 2)
+        loss = HeadLoss(rwkv.model, ids)
+        assert not loss.sliced
+        with torch.no_grad():
+            capped = torch.nn.functional.cross_entropy(rwkv.model(input_ids=ids).logits[:, :-1].flatten(0, 1),
+                                                       ids[:, 1:].flatten(), reduction="sum").item()
+        assert math.isclose(loss.loss_sum(lambda: rwkv.model(input_ids=ids, use_cache=False), ids), capped, rel_tol=1e-5)
+    finally:
+        handle.remove()
+
+
 def test_next_word_examples_split_off_the_last_word():
     text = "one two three four five six seven eight nine.\nshort line here\nand so the people went unto the mountain, Amen!"
     examples = next_word_examples(text)

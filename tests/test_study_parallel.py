@@ -15,7 +15,9 @@ from mlflow.tracking import MlflowClient
 from optuna.trial import TrialState
 from test_study import FAST, load
 
+from thresh_opt import keys
 from thresh_opt.cli import main
+from thresh_opt.study.driver import evaluated
 
 GREEDY = {**FAST, "sampler": {"name": "greedy", "options": {"loss_inc": 1.01}}, "trials": 200,
           "baselines": {"dense": True, "uniform": []}}
@@ -144,3 +146,46 @@ def test_ctrl_c_stops_cleanly_and_the_study_resumes(tmp_path):
     done = len(study.get_trials(states=(TrialState.COMPLETE,)))
     assert main(["study", "run", str(path), "--trials", str(done + 2)]) == 0
     assert len(load(tmp_path, "i").get_trials(states=(TrialState.COMPLETE,))) == done + 2
+
+
+def _start(path):
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    return subprocess.Popen([sys.executable, "-m", "thresh_opt", "study", "run", str(path)], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+
+
+def _two_drivers(tmp_path, name, path):
+    """A second driver on the same run folder, started while the first is evaluating; both must exit 0."""
+    first = _start(path)
+    journal = tmp_path / name / "optuna.journal"
+    deadline = time.time() + 240
+    while time.time() < deadline and not (journal.is_file() and journal.read_text().count('"state":1,') >= 3):
+        assert first.poll() is None, first.stderr.read()[-2000:]
+        time.sleep(0.3)
+    second = _start(path)
+    for proc in (first, second):
+        _, err = proc.communicate(timeout=600)
+        assert proc.returncode == 0, err[-2000:]
+    study = load(tmp_path, name)
+    assert not study.get_trials(states=(TrialState.RUNNING,))
+    assert not [t for t in study.trials if "interrupted" in str(t.user_attrs.get("error", ""))]
+    return study
+
+
+def test_two_drivers_share_one_study_without_losing_or_repeating_trials(tmp_path):
+    path = write(tmp_path, "two", sampler={"name": "random"}, trials=150, baselines={"dense": True, "uniform": [0.5]})
+    study = _two_drivers(tmp_path, "two", path)
+    assert sum(evaluated(t) for t in study.trials) == 150  # the budget, not one more
+    params = [tuple(sorted(t.params.items())) for t in study.trials]
+    for level in (0.0, 0.5):  # each baseline enqueued and evaluated once
+        assert params.count(tuple((k, level) for k, _ in sorted(study.trials[0].params.items()))) == 1
+    assert len({t.system_attrs.get(keys.DRIVER) for t in study.trials}) == 2  # both drivers ran trials
+
+
+def test_two_drivers_keep_the_greedy_step_barrier(tmp_path, serial_final):
+    study = _two_drivers(tmp_path, "g", write(tmp_path, "g"))
+    assert len({t.system_attrs.get(keys.DRIVER) for t in study.trials}) == 2  # both drivers ran greedy steps
+    final = [f["params"] for f in study.user_attrs["thresh_opt:final"]]
+    assert final == serial_final
+    steps = completed_steps(study)
+    assert len(steps) == len(set(steps))

@@ -18,11 +18,13 @@ REFERENCE_FE = "thresh_opt:reference_forward_equivalents"  # the dense reference
 STATISTICS = "thresh_opt:statistics"  # how target sparsities became thresholds
 WORKERS = "thresh_opt:workers"  # where each Ray worker ran: node, pid, device, GPUs Ray gave it
 WORKER_DEATHS = "thresh_opt:worker_deaths"  # workers lost (and replaced) over the study's runs
+LEASE_PREFIX = "thresh_opt:lease:"  # + driver id (study system attribute): when that driver's lease expires
 WALL_SECONDS = "thresh_opt:wall_seconds"  # a comparison study's wall time over its runs
 
 # trial user attributes
 FORWARD_EQUIVALENTS = "forward_equivalents"
 SECONDS = "seconds"
 CACHE_MB = "cache_mb"
+DRIVER = "thresh_opt:driver"  # trial system attribute: the driver that asked for it
 WORKER_LOST = "worker_lost"  # why the trial's worker died (the trial is PRUNED: abandoned, issued again)
 SKIPPED = "skipped"  # objective -> why it was not computed (the trial is PRUNED)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -10,6 +11,7 @@ from pathlib import Path
 import optuna
 from optuna.storages import JournalStorage
 from optuna.storages.journal import JournalFileBackend
+from optuna.exceptions import UpdateFinishedTrialError
 from optuna.trial import FrozenTrial, Trial, TrialState
 
 from thresh_opt import analysis, keys
@@ -19,6 +21,7 @@ from thresh_opt.samplers import SteppedSampler
 from thresh_opt.samplers.factory import make_sampler
 from thresh_opt.study.config import REPO_DIR, SearchSpaceConfig, StudyConfig, constraint_values, objectives_needed
 from thresh_opt.study.executors import Executor, WorkersLost
+from thresh_opt.study.liveness import GRACE, Lease, driver_lock, stale_trials
 from thresh_opt.study.space import SearchSpace
 from thresh_opt.study.worker import Gate, TrialResult
 
@@ -53,6 +56,12 @@ class StudyRun:
         return JournalStorage(JournalFileBackend(url))
 
     @property
+    def journal_path(self) -> str | None:
+        """The journal file, when the storage is one (its drivers share a lock file next to it)."""
+        url = self.storage_url
+        return None if url == ":memory:" or "://" in url else url
+
+    @property
     def directions(self) -> list[str]:
         """Optimization direction per study objective."""
         return [o.direction or OBJECTIVES[o.name].direction for o in self.cfg.objectives]
@@ -65,8 +74,9 @@ def default_run_dir(cfg: StudyConfig) -> Path:
 
 def _prune_stale(study: optuna.Study) -> None:
     """Trials left RUNNING by a killed driver never finish: store them as PRUNED (abandoned, not
-    rejected), so that samplers issue them again and the budget does not count them."""
-    for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+    rejected), so that samplers issue them again and the budget does not count them. Trials of live
+    drivers (see `thresh_opt.study.liveness`) are left alone."""
+    for t in stale_trials(study):
         study._storage.set_trial_user_attr(t._trial_id, "error", "interrupted: the driver stopped during this trial")
         study.tell(t.number, state=TrialState.PRUNED)
 
@@ -75,6 +85,30 @@ def evaluated(trial: FrozenTrial) -> bool:
     """A trial with a result: COMPLETE, FAIL, or PRUNED after its cheap objectives (expensive ones skipped)."""
     return trial.state in (TrialState.COMPLETE, TrialState.FAIL) or (
         trial.state == TrialState.PRUNED and keys.SKIPPED in trial.user_attrs)
+
+
+def _start_up(study: optuna.Study, cfg: StudyConfig, space: SearchSpace, info: dict, reference: dict,
+              executor: Executor) -> None:
+    """Abandon stale trials, record the dense reference and the model on the study, and enqueue the
+    baselines once."""
+    dense = reference["values"]
+    _prune_stale(study)
+    study.set_user_attr(keys.DENSE, dense)
+    study.set_user_attr(keys.REFERENCE_FE, study.user_attrs.get(keys.REFERENCE_FE, 0.0) + reference["forward_equivalents"])
+    study.set_user_attr(keys.DENSE_SPARSITY, reference["per_module_sparsity"])
+    study.set_user_attr(keys.GROUPS, info["groups"])
+    study.set_user_attr(keys.STATISTICS, info["statistics"])
+    if "hardware" in info:
+        profile = str(Path(cfg.profile).resolve()) if cfg.profile else None
+        study.set_user_attr(keys.HARDWARE, {**info["hardware"], "profile": profile})
+    study.set_user_attr(keys.OBJECTIVES, [o.name for o in cfg.objectives])
+    study.set_user_attr(keys.WORKERS, executor.placement())
+    if not study.user_attrs.get(keys.BASELINES):
+        if cfg.baselines.dense:
+            study.enqueue_trial(space.uniform(0.0), skip_if_exists=True)
+        for level in cfg.baselines.uniform:
+            study.enqueue_trial(space.uniform(level), skip_if_exists=True)
+        study.set_user_attr(keys.BASELINES, True)
 
 
 def run_study(run: StudyRun, executor: Executor, on_trial: TrialCallback | None = None,
@@ -89,93 +123,106 @@ def run_study(run: StudyRun, executor: Executor, on_trial: TrialCallback | None 
     stepped = sampler if isinstance(sampler, SteppedSampler) else None
     study = optuna.create_study(study_name=cfg.name, storage=run.storage(), directions=run.directions,
                                 sampler=sampler, load_if_exists=True)
-    _prune_stale(study)
-    with interruptible():
-        reference = executor.dense()
-    dense = reference["values"]
-    study.set_user_attr(keys.DENSE, dense)
-    study.set_user_attr(keys.REFERENCE_FE, study.user_attrs.get(keys.REFERENCE_FE, 0.0) + reference["forward_equivalents"])
-    study.set_user_attr(keys.DENSE_SPARSITY, reference["per_module_sparsity"])
-    study.set_user_attr(keys.GROUPS, info["groups"])
-    study.set_user_attr(keys.STATISTICS, info["statistics"])
-    if "hardware" in info:
-        profile = str(Path(cfg.profile).resolve()) if cfg.profile else None
-        study.set_user_attr(keys.HARDWARE, {**info["hardware"], "profile": profile})
-    study.set_user_attr(keys.OBJECTIVES, [o.name for o in cfg.objectives])
-    study.set_user_attr(keys.WORKERS, executor.placement())
-    if not study.user_attrs.get(keys.BASELINES):
-        if cfg.baselines.dense:
-            study.enqueue_trial(space.uniform(0.0))
-        for level in cfg.baselines.uniform:
-            study.enqueue_trial(space.uniform(level))
-        study.set_user_attr(keys.BASELINES, True)
-    distributions = space.distributions()
-    names = [o.name for o in cfg.objectives]
-    cheap = [(n, 1.0 if d == "minimize" else -1.0) for n, d in zip(names, run.directions) if not OBJECTIVES[n].expensive]
-    gating = cfg.evaluation.skip_expensive != "never" and any(OBJECTIVES[n].expensive for n in objectives_needed(cfg))
-    running: dict[int, Trial] = {}
-    budget_fe = cfg.max_forward_equivalents
-    used = analysis.cost_totals(study)["forward_equivalents"]
+    with Lease(study) as lease:
+        with interruptible():
+            reference = executor.dense()
+        dense = reference["values"]
+        with driver_lock(run.journal_path):  # one driver of this run folder at a time
+            _start_up(study, cfg, space, info, reference, executor)
+        distributions = space.distributions()
+        names = [o.name for o in cfg.objectives]
+        cheap = [(n, 1.0 if d == "minimize" else -1.0) for n, d in zip(names, run.directions) if not OBJECTIVES[n].expensive]
+        gating = cfg.evaluation.skip_expensive != "never" and any(OBJECTIVES[n].expensive for n in objectives_needed(cfg))
+        running: dict[int, Trial] = {}
+        budget_fe = cfg.max_forward_equivalents
+        used = analysis.cost_totals(study)["forward_equivalents"]
 
-    def finished() -> int:
-        return sum(1 for t in study.get_trials(deepcopy=False) if evaluated(t))
+        def finished() -> int:
+            """Trials evaluated, and trials RUNNING here or at another live driver (they will be)."""
+            return sum(1 for t in study.get_trials(deepcopy=False) if evaluated(t) or t.state == TrialState.RUNNING)
 
-    def sampler_done() -> bool:
-        return stepped is not None and stepped.is_finished(study)
+        checked = [time.monotonic()]
 
-    def must_wait() -> bool:
-        return stepped is not None and stepped.needs_wait(study)
+        def tidy() -> None:
+            """Now and then, abandon the trials of drivers that died since (caller holds the lock)."""
+            if time.monotonic() - checked[0] > GRACE / 2:
+                _prune_stale(study)
+                checked[0] = time.monotonic()
 
-    def gate_for(number: int) -> Gate | None:
-        if not gating:
-            return None
-        acceptance = stepped.acceptance(study, number) if stepped is not None else None
-        front = _cheap_points(study, cheap) if cfg.evaluation.skip_expensive == "dominated" else None
-        return Gate(stepped.loss_key if stepped is not None else None, acceptance, front)
-
-    def may_ask() -> bool:
-        return (len(running) < executor.capacity and finished() + len(running) < cfg.trials
-                and (budget_fe is None or used < budget_fe) and not sampler_done() and not (running and must_wait()))
-
-    try:
-        while True:
-            while may_ask():
+        def ask() -> Trial | None:
+            """A new trial stamped with this driver, or None when the budget is spent; under the lock, so that
+            drivers of one journal never overshoot it."""
+            with driver_lock(run.journal_path):
+                tidy()
+                if not may_ask():
+                    return None
                 trial = study.ask(distributions)
-                running[trial.number] = trial
-                gate = gate_for(trial.number)
+                lease.stamp(trial)
+                return trial
+
+        def sampler_done() -> bool:
+            return stepped is not None and stepped.is_finished(study)
+
+        def must_wait() -> bool:
+            return stepped is not None and stepped.needs_wait(study)
+
+        def gate_for(number: int) -> Gate | None:
+            if not gating:
+                return None
+            acceptance = stepped.acceptance(study, number) if stepped is not None else None
+            front = _cheap_points(study, cheap) if cfg.evaluation.skip_expensive == "dominated" else None
+            return Gate(stepped.loss_key if stepped is not None else None, acceptance, front)
+
+        def may_ask() -> bool:
+            return (len(running) < executor.capacity and finished() < cfg.trials
+                    and (budget_fe is None or used < budget_fe) and not sampler_done() and not (running and must_wait()))
+
+        try:
+            while True:
+                while may_ask() and (trial := ask()) is not None:
+                    running[trial.number] = trial
+                    gate = gate_for(trial.number)
+                    with interruptible():
+                        executor.submit(trial.number, dict(trial.params), gate)
+                if not running:
+                    if must_wait() and not sampler_done():  # on another driver's trials
+                        time.sleep(0.5)
+                        with driver_lock(run.journal_path):
+                            tidy()
+                        continue
+                    break  # budget spent or sampler done: nothing more to do
                 with interruptible():
-                    executor.submit(trial.number, dict(trial.params), gate)
-            if not running:
-                break  # budget spent, sampler done, or waiting with nothing in flight: nothing more to do
-            with interruptible():
-                number, result = executor.next_result()
-            trial = running.pop(number)
-            if result.lost is not None:
-                study.set_user_attr(keys.WORKER_DEATHS, study.user_attrs.get(keys.WORKER_DEATHS, 0) + 1)
-            frozen = _tell(study, trial, result, names, cfg, dense)
-            used += result.forward_equivalents
-            if on_trial is not None:
-                on_trial(study, frozen, result)
-            check()
-    except (KeyboardInterrupt, WorkersLost) as exc:
-        why = "interrupted by the user" if isinstance(exc, KeyboardInterrupt) else f"abandoned: {exc}"
-        for trial in running.values():  # abandoned, not rejected: a resumed study issues them again
-            trial.set_user_attr("error", why)
-            study.tell(trial, state=TrialState.PRUNED)
-        raise
-    if sampler_done() and stepped is not None:
-        finals = stepped.final_params(study)
-        by_params = {json.dumps(t.params, sort_keys=True): t for t in study.get_trials(states=(TrialState.COMPLETE,))}
-        records = []
-        for p in finals:
-            trial = by_params.get(json.dumps(p, sort_keys=True))  # the accepted configuration was evaluated
-            thresholds = json.loads(trial.user_attrs["thresholds"]) if trial and "thresholds" in trial.user_attrs else None
-            records.append({"params": p, "targets": space.targets(p), "trial": trial.number if trial else None,
-                            "thresholds": thresholds})
-        study.set_user_attr(keys.FINAL, records)
-    if cfg.front_metrics:
-        measure_front(study, executor, cfg.front_metrics, on_front, cfg.front_points)
-    return study
+                    number, result = executor.next_result()
+                trial = running.pop(number)
+                if result.lost is not None:
+                    study.set_user_attr(keys.WORKER_DEATHS, study.user_attrs.get(keys.WORKER_DEATHS, 0) + 1)
+                try:
+                    frozen = _tell(study, trial, result, names, cfg, dense)
+                except UpdateFinishedTrialError:
+                    continue  # another driver took this one for dead (no lease refresh for GRACE s): it is issued again
+                used += result.forward_equivalents
+                if on_trial is not None:
+                    on_trial(study, frozen, result)
+                check()
+        except (KeyboardInterrupt, WorkersLost) as exc:
+            why = "interrupted by the user" if isinstance(exc, KeyboardInterrupt) else f"abandoned: {exc}"
+            for trial in running.values():  # abandoned, not rejected: a resumed study issues them again
+                trial.set_user_attr("error", why)
+                study.tell(trial, state=TrialState.PRUNED)
+            raise
+        if sampler_done() and stepped is not None:
+            finals = stepped.final_params(study)
+            by_params = {json.dumps(t.params, sort_keys=True): t for t in study.get_trials(states=(TrialState.COMPLETE,))}
+            records = []
+            for p in finals:
+                trial = by_params.get(json.dumps(p, sort_keys=True))  # the accepted configuration was evaluated
+                thresholds = json.loads(trial.user_attrs["thresholds"]) if trial and "thresholds" in trial.user_attrs else None
+                records.append({"params": p, "targets": space.targets(p), "trial": trial.number if trial else None,
+                                "thresholds": thresholds})
+            study.set_user_attr(keys.FINAL, records)
+        if cfg.front_metrics:
+            measure_front(study, executor, cfg.front_metrics, on_front, cfg.front_points)
+        return study
 
 
 def _cheap_points(study: optuna.Study, cheap: list[tuple[str, float]]) -> tuple[tuple[float, ...], ...]:
