@@ -88,8 +88,8 @@ class RayExecutor:
             if address:
                 ray.init(address=address, **kwargs)
             else:
-                with loopback_only():
-                    ray.init(num_cpus=max(workers, os.cpu_count() or 1), **kwargs)
+                with loopback_only():  # "local": a runtime of its own, even where a `ray start` cluster runs
+                    ray.init(address="local", num_cpus=max(workers, os.cpu_count() or 1), **kwargs)
         self.cfg, self._space, self._sampler = cfg, space_cfg, cfg.sampler.name
         self._actor_cls = ray.remote(num_cpus=1, num_gpus=cfg.gpus_per_worker or None)(TrialWorker)
         self.actors = [self._new_actor() for _ in range(workers)]
