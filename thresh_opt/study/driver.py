@@ -185,7 +185,8 @@ def run_study(run: StudyRun, executor: Executor, on_trial: TrialCallback | None 
                     with interruptible():
                         executor.submit(trial.number, dict(trial.params), gate)
                 if not running:
-                    if must_wait() and not sampler_done():  # on another driver's trials
+                    if stepped is not None and not sampler_done() and study.get_trials(
+                            deepcopy=False, states=(TrialState.RUNNING,)):  # its next steps wait on another driver's trials
                         time.sleep(0.5)
                         with driver_lock(run.journal_path):
                             tidy()

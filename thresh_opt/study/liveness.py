@@ -1,11 +1,12 @@
 """Several drivers on one study: which RUNNING trials are alive, and one driver at a time in start-up.
 
 Each driver stamps the trials it asks for with its id and keeps a lease in the study's system attributes
-(``thresh_opt:lease:<id>`` = the time it expires), refreshed by a thread every `INTERVAL` seconds while it
-runs and dropped when it ends. A RUNNING trial is stale when its driver's lease has expired (the driver was
-killed) or it has no driver (a driver of an older version): only those are abandoned. The same record works
-on every Optuna storage: the journal has no heartbeat, and Optuna's RDB heartbeat is kept by
-`Study.optimize`, which an ask/tell driver does not call.
+(``thresh_opt:lease:<id>``: when it expires, and the driver's host and pid), refreshed by a thread every
+`INTERVAL` seconds while it runs and dropped when it ends. A RUNNING trial is stale when its driver's lease
+has expired, or its driver ran on this machine and its process is gone (killed), or it has no driver (a
+driver of an older version): only those are abandoned. The same record works on every Optuna storage: the
+journal has no heartbeat, and Optuna's RDB heartbeat is kept by `Study.optimize`, which an ask/tell driver
+does not call.
 
 Start-up (stale trials, baselines) and each ask take a file lock next to a journal file, so two drivers of
 one run folder never enqueue the baselines twice or overshoot the budget. An RDB storage has no such lock:
@@ -17,6 +18,8 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import os
+import socket
 import threading
 import time
 import uuid
@@ -44,7 +47,8 @@ class Lease:
 
     def _write(self, expires: float | None) -> None:
         s = self.study
-        s._storage.set_study_system_attr(s._study_id, self.key, expires)
+        record = None if expires is None else {"expires": expires, "host": socket.gethostname(), "pid": os.getpid()}
+        s._storage.set_study_system_attr(s._study_id, self.key, record)
 
     def _refresh(self) -> None:
         while not self._stop.wait(self.interval):
@@ -76,10 +80,26 @@ def stale_trials(study: optuna.Study, now: float | None = None) -> list[FrozenTr
     stale = []
     for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         driver = t.system_attrs.get(keys.DRIVER)
-        expires = leases.get(keys.LEASE_PREFIX + driver) if driver else None
-        if expires is None or expires < now:
+        lease = leases.get(keys.LEASE_PREFIX + driver) if driver else None
+        if not _alive(lease, now):
             stale.append(t)
     return stale
+
+
+def _alive(lease: dict | None, now: float) -> bool:
+    """A lease not yet expired whose driver, when it ran on this machine, is still a live process (a driver
+    killed with kill -9 here is known dead at once, not after the grace period)."""
+    if not lease or lease["expires"] < now:
+        return False
+    if lease["host"] != socket.gethostname():
+        return True
+    try:
+        os.kill(lease["pid"], 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 @contextlib.contextmanager
