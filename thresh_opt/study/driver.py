@@ -179,7 +179,7 @@ def run_study(run: StudyRun, executor: Executor, on_trial: TrialCallback | None 
 
         try:
             while True:
-                while may_ask() and (trial := ask()) is not None:
+                while (trial := ask()) is not None:  # ask checks may_ask under the lock: once per trial
                     running[trial.number] = trial
                     gate = gate_for(trial.number)
                     with interruptible():
