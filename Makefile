@@ -1,4 +1,4 @@
-# Two commands: `make run` (set up, then the main job) and `make test` (set up, then the tests).
+# Two commands: `make run` (set up, then the main job) and `make test` (set up, then lint, types and tests).
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
@@ -24,7 +24,10 @@ export TOKENIZERS_PARALLELISM = false
 run: setup
 	$(BIN)/thresh-opt study run
 
+# Lint and types first (seconds), then the suite; settings in pyproject.toml.
 test: setup
+	$(BIN)/ruff check thresh_opt tests benchmarks
+	$(BIN)/mypy
 	$(BIN)/python -m pytest -q
 
 bench: setup

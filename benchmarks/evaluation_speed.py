@@ -17,11 +17,11 @@ from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-import torch  # noqa: E402
+import torch
 
-from thresh_opt.calibration import CalibrationSpec, cached_activation_stats  # noqa: E402
-from thresh_opt.models import load_model  # noqa: E402
-from thresh_opt.objectives.evaluator import Evaluator  # noqa: E402
+from thresh_opt.calibration import CalibrationSpec, cached_activation_stats
+from thresh_opt.models import load_model
+from thresh_opt.objectives.evaluator import Evaluator
 
 
 def main() -> None:

@@ -55,10 +55,11 @@ def run(way: str, task: str, limit: int, loss_inc: float, folder: Path) -> dict:
     from optuna.storages.journal import JournalFileBackend
 
     study = load_study(study_name=way, storage=JournalStorage(JournalFileBackend(str(folder / way / "optuna.journal"))))
-    runs = sum(1 for t in study.trials if "accuracy" in t.user_attrs) + len(study.user_attrs.get("thresh_opt:front_metrics", {}))
-    return {"wall": wall, "trials": data["cost"]["trials"], "lm_eval_runs": runs, "skipped": data["cost"]["skipped_trials"],
-            "fe": data["cost"]["total_forward_equivalents"], "final": data["final"][0]["params"],
-            "front": len(data["front"])}
+    runs = (sum(1 for t in study.trials if "accuracy" in t.user_attrs)
+            + len(study.user_attrs.get("thresh_opt:front_metrics", {})))
+    return {"wall": wall, "trials": data["cost"]["trials"], "lm_eval_runs": runs,
+            "skipped": data["cost"]["skipped_trials"], "fe": data["cost"]["total_forward_equivalents"],
+            "final": data["final"][0]["params"], "front": len(data["front"])}
 
 
 def main() -> None:
@@ -76,8 +77,8 @@ def main() -> None:
         for way in args.ways.split(","):
             r = rows[way] = run(way, args.task, args.limit, args.loss_inc, Path(tmp))
             base = rows.get("never", r)["wall"]
-            print(f"{way:10} {r['wall']:7.1f} {r['trials']:6d} {r['lm_eval_runs']:12d} {r['skipped']:7d} {r['fe']:9.1f} "
-                  f"{r['front']:5d} {base / r['wall']:7.2f}x", flush=True)
+            print(f"{way:10} {r['wall']:7.1f} {r['trials']:6d} {r['lm_eval_runs']:12d} {r['skipped']:7d} "
+                  f"{r['fe']:9.1f} {r['front']:5d} {base / r['wall']:7.2f}x", flush=True)
     finals = {json.dumps(r["final"], sort_keys=True) for r in rows.values()}
     print(f"same greedy choices in every way: {len(finals) == 1}")
 

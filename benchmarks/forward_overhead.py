@@ -19,17 +19,17 @@ from types import SimpleNamespace
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-import torch  # noqa: E402
+import torch
 
 if os.environ.get("BENCH_THREADS"):
     torch.set_num_threads(int(os.environ["BENCH_THREADS"]))
 
-from thresh_opt.calibration import activation_stats  # noqa: E402
-from thresh_opt.models import ThresholdedModel, load_model  # noqa: E402
-from thresh_opt.objectives.text import token_chunks  # noqa: E402
+from thresh_opt.calibration import activation_stats
+from thresh_opt.models import ThresholdedModel, load_model
+from thresh_opt.objectives.text import token_chunks
 
 
-def _time(fn) -> float:  # noqa: ANN001
+def _time(fn) -> float:
     start = time.perf_counter()
     fn()
     return time.perf_counter() - start

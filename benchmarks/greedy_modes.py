@@ -24,12 +24,12 @@ from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-import torch  # noqa: E402
-import yaml  # noqa: E402
+import torch
+import yaml
 
-from thresh_opt.calibration import CalibrationSpec  # noqa: E402
-from thresh_opt.greedy import greedy_search  # noqa: E402
-from thresh_opt.models import load_model  # noqa: E402
+from thresh_opt.calibration import CalibrationSpec
+from thresh_opt.greedy import greedy_search
+from thresh_opt.models import load_model
 
 REPO = Path(__file__).resolve().parent.parent
 

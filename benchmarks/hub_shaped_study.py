@@ -31,7 +31,8 @@ import json, resource, sys, time, torch
 from thresh_opt.calibration import CalibrationSpec, calibration_chunks
 from thresh_opt.models import load_model
 loaded = load_model(sys.argv[1])
-chunks = calibration_chunks(loaded, CalibrationSpec(source=sys.argv[2], ctx_len=int(sys.argv[3]), count=int(sys.argv[4])))
+chunks = calibration_chunks(loaded, CalibrationSpec(source=sys.argv[2], ctx_len=int(sys.argv[3]),
+                                                    count=int(sys.argv[4])))
 with loaded.thresholded.bare() as model, torch.no_grad():
     began = time.perf_counter()
     model(input_ids=chunks, use_cache=False)
@@ -67,9 +68,10 @@ def main() -> None:
         save_model(args.folder)
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     source = str(args.folder.resolve())
-    dense = json.loads(subprocess.run([sys.executable, "-c", FORWARD, source, str(TEXT), str(args.ctx_len), str(args.count)],
-                                      check=True, capture_output=True, text=True, env=env).stdout)
-    print(f"dense forward, {args.count} x {args.ctx_len} tokens: {dense['seconds']:.1f} s, peak {dense['peak_mb']:.0f} MB")
+    dense = json.loads(subprocess.run([sys.executable, "-c", FORWARD, source, str(TEXT), str(args.ctx_len),
+                                       str(args.count)], check=True, capture_output=True, text=True, env=env).stdout)
+    print(f"dense forward, {args.count} x {args.ctx_len} tokens: {dense['seconds']:.1f} s, "
+          f"peak {dense['peak_mb']:.0f} MB")
     with tempfile.TemporaryDirectory() as tmp:
         cfg = {"name": "hub-shaped", "model": {"source": source}, "run_dir": str(Path(tmp) / "run"),
                "calibration": {"source": str(TEXT), "ctx_len": args.ctx_len, "count": args.count, "seed": 0},
@@ -100,7 +102,8 @@ def main() -> None:
         every = study.trials
     cost = json.loads(out)["cost"]
     trials = [t for t in every if t.system_attrs.get("greedy:role") == "candidate"]
-    print(f"study: {len(every)} trials ({len(trials)} candidates) in {wall:.0f} s; trials {cost['forward_equivalents']:.1f} FE "
+    print(f"study: {len(every)} trials ({len(trials)} candidates) in {wall:.0f} s; "
+          f"trials {cost['forward_equivalents']:.1f} FE "
           f"+ {cost['reference_forward_equivalents']:.1f} FE dense reference; peak resident memory {peak:.0f} MB "
           f"(bare forward {dense['peak_mb']:.0f} MB); cache peak {cost['peak_cache_mb']:.0f} MB")
     fe = [t.user_attrs["forward_equivalents"] for t in trials]

@@ -25,7 +25,8 @@ from thresh_opt.calibration import CalibrationSpec, calibration_chunks
 from thresh_opt.models import load_model
 from thresh_opt.models.prefix import PrefixRunner
 loaded = load_model(sys.argv[1])
-chunks = calibration_chunks(loaded, CalibrationSpec(source=sys.argv[2], ctx_len=int(sys.argv[3]), count=int(sys.argv[4])))
+chunks = calibration_chunks(loaded, CalibrationSpec(source=sys.argv[2], ctx_len=int(sys.argv[3]),
+                                                    count=int(sys.argv[4])))
 runner = PrefixRunner(loaded.thresholded, chunks, batch_size=int(sys.argv[5]), sliced_head=sys.argv[6] == "sliced")
 began = time.perf_counter()
 loss = runner.run().loss
@@ -46,8 +47,8 @@ def main() -> None:
         save_model(args.folder)
     rows = {}
     for way in ("whole", "sliced"):
-        out = subprocess.run([sys.executable, "-c", PASS, str(args.folder), str(TEXT), str(args.ctx_len), str(args.count),
-                              str(args.batch), way], check=True, capture_output=True, text=True).stdout
+        out = subprocess.run([sys.executable, "-c", PASS, str(args.folder), str(TEXT), str(args.ctx_len),
+                              str(args.count), str(args.batch), way], check=True, capture_output=True, text=True).stdout
         rows[way] = json.loads(out.strip().splitlines()[-1])
     print(f"{'head':8} {'peak MB':>8} {'seconds':>8} {'loss':>10}")
     for way, r in rows.items():

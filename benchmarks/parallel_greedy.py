@@ -35,8 +35,8 @@ def main() -> None:
         data = json.loads(out.stdout)
         c = data["cost"]
         finals.append(json.dumps(data["final"][0]["params"], sort_keys=True))
-        print(f"{n:>7} {wall:7.1f} {c['trials']:6d} {c['forward_equivalents']:8.1f} {c['reference_forward_equivalents']:12.1f} "
-              f"{c['seconds']:7.1f}", flush=True)
+        print(f"{n:>7} {wall:7.1f} {c['trials']:6d} {c['forward_equivalents']:8.1f} "
+              f"{c['reference_forward_equivalents']:12.1f} {c['seconds']:7.1f}", flush=True)
     print(f"same choices: {len(set(finals)) == 1}")
 
 

@@ -18,12 +18,12 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 
-import optuna  # noqa: E402
+import optuna
 
-from thresh_opt.study.config import SamplerConfig, SearchSpaceConfig, StudyConfig  # noqa: E402
-from thresh_opt.study.driver import StudyRun, run_study  # noqa: E402
-from thresh_opt.study.executors import SerialExecutor  # noqa: E402
-from thresh_opt.study.ray_executor import RayExecutor  # noqa: E402
+from thresh_opt.study.config import SamplerConfig, SearchSpaceConfig, StudyConfig
+from thresh_opt.study.driver import StudyRun, run_study
+from thresh_opt.study.executors import SerialExecutor
+from thresh_opt.study.ray_executor import RayExecutor
 
 
 def measure(cfg: StudyConfig, space: SearchSpaceConfig, workers: int) -> tuple[float, float]:

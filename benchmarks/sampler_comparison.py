@@ -29,9 +29,11 @@ def main() -> None:
         cmd += ["--run-dir", str(args.run_dir)]
     out = json.loads(subprocess.run(cmd, check=True, capture_output=True, text=True).stdout)
     rows = {r["sampler"]: r for r in out["rows"]}
-    budgets = [(f"hv@{b}", f"HV@{b}") for b in out["budgets"]] + [(f"hv@{b:g}fe", f"HV@{b:g}FE") for b in out["fe_budgets"]]
+    budgets = ([(f"hv@{b}", f"HV@{b}") for b in out["budgets"]]
+               + [(f"hv@{b:g}fe", f"HV@{b:g}FE") for b in out["fe_budgets"]])
     plain = [s for s in rows if not s.startswith("hybrid")]
-    print(f"{'sampler':20} " + " ".join(f"{title:>18}" for _, title in budgets) + f" {'FE':>7}   (ratio to best non-hybrid)")
+    print(f"{'sampler':20} " + " ".join(f"{title:>18}" for _, title in budgets)
+          + f" {'FE':>7}   (ratio to best non-hybrid)")
     for name, r in rows.items():
         cells = []
         for key, _ in budgets:

@@ -88,7 +88,8 @@ def test_the_thresholds_file_works_in_evaluate_hardware_estimate_and_study_enque
     from optuna.storages import JournalStorage
     from optuna.storages.journal import JournalFileBackend
 
-    s = optuna.load_study(study_name="s", storage=JournalStorage(JournalFileBackend(str(tmp_path / "s" / "optuna.journal"))))
+    s = optuna.load_study(study_name="s",
+                          storage=JournalStorage(JournalFileBackend(str(tmp_path / "s" / "optuna.journal"))))
     assert s.trials[0].params == params and s.trials[0].user_attrs["enqueued_from"] == str(thr)
 
 
@@ -100,8 +101,9 @@ def test_bad_training_options_exit_2(capsys):
 
 def test_the_comparison_places_trained_beside_greedy(tmp_path, capsys):
     out = tmp_path / "cmp"
-    assert main(["baseline", "compare", "embedded:rwkv4-tiny", "--loss-inc", "1.02,1.1", "--penalties", "2", "--levels", "0.4,0.8",
-                 "--steps", "3", "--count", "2", "--ctx-len", "32", "--out", str(out), "--json"]) == 0
+    assert main(["baseline", "compare", "embedded:rwkv4-tiny", "--loss-inc", "1.02,1.1", "--penalties", "2",
+                 "--levels", "0.4,0.8", "--steps", "3", "--count", "2", "--ctx-len", "32",
+                 "--out", str(out), "--json"]) == 0
     data = json.loads(capsys.readouterr().out)
     methods = [p["method"] for p in data["points"]]
     assert methods == ["greedy", "greedy", "trained"]

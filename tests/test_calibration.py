@@ -87,7 +87,7 @@ def test_statistics_increase_with_the_level_and_are_cached(rwkv, tmp_path):
     assert len(files) == 1
     again = cached_activation_stats(rwkv, spec, cache=tmp_path)
     assert again == stats
-    assert stats.at(0.0) == {n: 0.0 for n in stats.thresholds}
+    assert stats.at(0.0) == dict.fromkeys(stats.thresholds, 0.0)
 
 
 def test_one_pass_statistics_see_the_thresholds_set_upstream(rwkv, tmp_path):

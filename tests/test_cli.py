@@ -49,7 +49,7 @@ def test_model_sparsity_uniform_json(capsys):
 
 def test_model_sparsity_from_a_thresholds_file(capsys, tmp_path, opt):
     path = tmp_path / "t.json"
-    path.write_text(json.dumps({name: 0.0 for name in opt.thresholded.names}))
+    path.write_text(json.dumps(dict.fromkeys(opt.thresholded.names, 0.0)))
     _, out, _ = run_cli(capsys, "model", "sparsity", "embedded:opt-tiny", "--thresholds", str(path), "--chunks", "2",
                         "--json")
     dense = json.loads(out)
@@ -99,7 +99,8 @@ def test_tasks_without_an_objective_that_runs_them_exit_2(capsys, tmp_path):
     folder = tmp_path / "piqa"
     folder.mkdir()
     (folder / "test.jsonl").write_text('{"goal": "g", "sol1": "a", "sol2": "b", "label": 0}\n')
-    code, out, err = run_cli(capsys, "evaluate", "embedded:rwkv4-tiny", "--uniform-sparsity", "0.1", "--tasks", str(folder))
+    code, out, err = run_cli(capsys, "evaluate", "embedded:rwkv4-tiny", "--uniform-sparsity", "0.1",
+                             "--tasks", str(folder))
     assert code == 2 and out == ""
     assert "no objective runs them: add 'accuracy' to the objectives" in err and str(folder) in err
 

@@ -56,7 +56,7 @@ def test_a_small_comparison_runs_reports_tracks_and_resumes(tmp_path, capsys):
     assert all(len(s.trials) == 8 for s in stored.values())
     rows = {r["sampler"]: r for r in out["rows"]}
     assert set(rows) == {"random", "greedy", "hybrid"} and rows["random"]["seeds"] == 2
-    for name, s in stored.items():  # the table is the studies' own hypervolume history
+    for s in stored.values():  # the table is the studies' own hypervolume history
         hv = analysis.hypervolume_history(s)
         assert len(hv) == 8 and hv == sorted(hv) and hv[-1] > 0
     randoms = [analysis.hypervolume_history(stored[f"cmp.random.s{i}"]) for i in (0, 1)]
@@ -111,10 +111,10 @@ def test_budgets_in_forward_equivalents(tmp_path, capsys):
     assert main(["study", "compare", str(path), "--json", "--seeds", "0"]) == 0
     out = json.loads(capsys.readouterr().out)
     assert out["fe_budgets"] == [1.0, 2.0, 4.0]  # a quarter, half and all of the budget
-    for name, s in studies(tmp_path).items():
+    for s in studies(tmp_path).values():
         fe = analysis.cost_history(s)
         assert fe[-2] < 4.0 <= fe[-1] and len(s.trials) < 40  # every study stopped at its FE budget
-        assert s.trials[0].params == {k: 0.0 for k in s.trials[0].params} and len(s.trials) > 2  # its own baselines
+        assert s.trials[0].params == dict.fromkeys(s.trials[0].params, 0.0) and len(s.trials) > 2  # its own baselines
     for row in out["rows"]:
         study = studies(tmp_path)[f"cmp.{row['sampler']}.s0"]
         hv, fe = analysis.hypervolume_history(study), analysis.cost_history(study)
@@ -134,7 +134,7 @@ def test_hybrid_hands_over_after_its_greedy_share_and_seeds_nsga2():
     weights = {f"blocks.{i}.k": 0.01 * (i + 1) for i in range(4)}
     sampler = make_sampler(SamplerConfig(name="hybrid", options={"base": "nsga2", "loss_inc": [1.001, 1.01],
                                                                  "greedy_share": 0.3}),
-                           {n: levels for n in weights}, seed=0, trials=40)
+                           dict.fromkeys(weights, levels), seed=0, trials=40)
     study = optuna.create_study(directions=["minimize", "maximize"], sampler=sampler)
     dist = {n: CategoricalDistribution(levels) for n in weights}
     for _ in range(40):
@@ -154,7 +154,7 @@ def test_the_shipped_comparison_files_are_valid(name):
     from thresh_opt.study.compare import load_compare
     from thresh_opt.study.config import REPO_DIR
 
-    ccfg, template, contenders = load_compare(REPO_DIR / "studies" / name)
+    ccfg, _template, contenders = load_compare(REPO_DIR / "studies" / name)
     labels = {c.label for c in contenders}
     assert {"tpe", "nsga2", "greedy", "hybrid-nsga2"} <= labels and ccfg.budgets[-1] == ccfg.trials
     assert sum(c.label == "greedy" for c in contenders) == 1  # deterministic: one run

@@ -51,7 +51,8 @@ def published(tm, chunks, loss_inc, levels):
     return choices, l_ref
 
 
-@pytest.mark.parametrize("which, loss_inc, levels", [("rwkv", 1.003, [0.3, 0.5, 0.7, 0.9]), ("opt", 1.003, [0.2, 0.5, 0.8])])
+@pytest.mark.parametrize("which, loss_inc, levels",
+                         [("rwkv", 1.003, [0.3, 0.5, 0.7, 0.9]), ("opt", 1.003, [0.2, 0.5, 0.8])])
 def test_paper_mode_is_the_published_procedure(which, loss_inc, levels, request):
     loaded = request.getfixturevalue(which)
     chunks = calibration_chunks(loaded, TINY)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 from collections import Counter
+from itertools import pairwise
 
 import optuna
 import pytest
@@ -45,12 +46,12 @@ def make_loss(bumps=None):
 
 def reference(loss, tol, warm_start=False, keep_first=False, kind=default_kind):
     """The greedy search as design.md 1.3 writes it: returns (choices, number of loss evaluations)."""
-    config = {n: 0.0 for n in NAMES}
+    config = dict.fromkeys(NAMES, 0.0)
     l_ref, evals = loss(config), 1
     for n in NAMES:
         tried = {}
 
-        def ok(c):
+        def ok(c, tried=tried, n=n, l_ref=l_ref):  # called only within this iteration
             nonlocal evals
             evals += 1
             tried[c] = loss({**config, n: c})
@@ -161,7 +162,7 @@ def test_search_space_adds_zero_sorts_and_dedupes():
 @pytest.mark.parametrize("tol", [1.0002, 1.0005, 1.002])
 def test_serial_matches_reference(warm_start, tol):
     loss = make_loss(BUMPS)
-    sampler = GreedySampler({n: LEVELS for n in NAMES}, loss_inc=tol, warm_start=warm_start)
+    sampler = GreedySampler(dict.fromkeys(NAMES, LEVELS), loss_inc=tol, warm_start=warm_start)
     study = new_study(sampler)
     drive(study, sampler, loss)
     expected, evals = reference(loss, tol, warm_start)
@@ -180,7 +181,7 @@ def test_custom_kind_of():
 
     expected, evals = reference(loss, 1.0005, warm_start=True, kind=kind)
     assert expected != reference(loss, 1.0005, warm_start=True)[0]
-    sampler = GreedySampler({n: LEVELS for n in NAMES}, loss_inc=1.0005, kind_of=kind)
+    sampler = GreedySampler(dict.fromkeys(NAMES, LEVELS), loss_inc=1.0005, kind_of=kind)
     study = new_study(sampler)
     drive(study, sampler, loss)
     assert sampler.final_params(study) == [expected] and len(study.trials) == evals
@@ -197,7 +198,7 @@ def test_warm_start_against_plain_scan(bumps):
         assert plain == warm and warm_evals < plain_evals
     got = []
     for warm_start in (False, True):
-        sampler = GreedySampler({n: LEVELS for n in NAMES}, loss_inc=1.002, warm_start=warm_start)
+        sampler = GreedySampler(dict.fromkeys(NAMES, LEVELS), loss_inc=1.002, warm_start=warm_start)
         study = new_study(sampler)
         drive(study, sampler, loss)
         got.append((sampler.final_params(study)[0], len(study.trials)))
@@ -207,14 +208,14 @@ def test_warm_start_against_plain_scan(bumps):
 def test_tolerance_list_traces_a_front():
     loss = make_loss()
     tols = [1.0002, 1.0005, 1.002]
-    sampler = GreedySampler({n: LEVELS for n in NAMES}, loss_inc=tols)
+    sampler = GreedySampler(dict.fromkeys(NAMES, LEVELS), loss_inc=tols)
     study = new_study(sampler)
     drive(study, sampler, loss)
     finals = sampler.final_params(study)
     refs = [reference(loss, t, warm_start=True) for t in tols]
     assert finals == [r[0] for r in refs]
     assert len(study.trials) == sum(r[1] for r in refs)
-    for tighter, looser in zip(finals, finals[1:]):
+    for tighter, looser in pairwise(finals):
         assert all(looser[n] >= tighter[n] for n in NAMES)
         assert sum(looser.values()) > sum(tighter.values())
     roles = [(t.system_attrs["greedy:pass"], t.system_attrs["greedy:role"]) for t in study.trials]
@@ -227,10 +228,10 @@ def test_tolerance_list_traces_a_front():
 def test_batches_give_the_same_choices(warm_start, batch, reverse):
     loss = make_loss(BUMPS)
     tols = [1.0005, 1.002]
-    serial = GreedySampler({n: LEVELS for n in NAMES}, loss_inc=tols, warm_start=warm_start)
+    serial = GreedySampler(dict.fromkeys(NAMES, LEVELS), loss_inc=tols, warm_start=warm_start)
     s_study = new_study(serial)
     drive(s_study, serial, loss)
-    sampler = GreedySampler({n: LEVELS for n in NAMES}, loss_inc=tols, warm_start=warm_start)
+    sampler = GreedySampler(dict.fromkeys(NAMES, LEVELS), loss_inc=tols, warm_start=warm_start)
     study = new_study(sampler)
     drive(study, sampler, loss, batch=batch, reverse=reverse)
     assert sampler.final_params(study) == serial.final_params(s_study)
@@ -247,7 +248,7 @@ def test_resume(tmp_path, batch, on_journal):
     path = tmp_path / "j.log"
     memory = optuna.storages.InMemoryStorage()
     storage = (lambda: journal(path)) if on_journal else (lambda: memory)
-    first = GreedySampler({n: LEVELS for n in NAMES}, loss_inc=tols)
+    first = GreedySampler(dict.fromkeys(NAMES, LEVELS), loss_inc=tols)
     study = new_study(first, storage())
     drive(study, first, loss, batch=batch, max_trials=40)
     assert 40 <= len(study.trials) < 50 and not first.is_finished(study)
@@ -257,7 +258,7 @@ def test_resume(tmp_path, batch, on_journal):
     stale_key = tuple(stamp(study, stale)[k] for k in ("greedy:pass", "greedy:module", "greedy:candidate"))
     del study, first
 
-    second = GreedySampler({n: LEVELS for n in NAMES}, loss_inc=tols)
+    second = GreedySampler(dict.fromkeys(NAMES, LEVELS), loss_inc=tols)
     study = optuna.load_study(study_name="greedy", storage=storage(), sampler=second)
     study.tell(stale.number, state=TrialState.PRUNED)
     again = study.ask(dists)  # the abandoned candidate is the next one needed: issued again
@@ -277,16 +278,16 @@ def test_enqueued_baselines_and_other_samplers_are_ignored():
     dists = {n: CategoricalDistribution([0.0, *LEVELS]) for n in NAMES}
     for _ in range(3):
         tell(other, other.ask(dists), loss, lambda p: False)
-    sampler = GreedySampler({n: LEVELS for n in NAMES})
+    sampler = GreedySampler(dict.fromkeys(NAMES, LEVELS))
     study = new_study(sampler, storage)
-    study.enqueue_trial({n: 0.0 for n in NAMES})
-    study.enqueue_trial({n: 0.5 for n in NAMES})
+    study.enqueue_trial(dict.fromkeys(NAMES, 0.0))
+    study.enqueue_trial(dict.fromkeys(NAMES, 0.5))
     drive(study, sampler, loss)
     expected, evals = reference(loss, 1.0005, warm_start=True)
     assert sampler.final_params(study) == [expected]
     assert len(study.trials) == 3 + 2 + evals
     assert all("greedy:role" not in t.system_attrs for t in study.trials[:5])
-    assert study.trials[4].params == {n: 0.5 for n in NAMES}
+    assert study.trials[4].params == dict.fromkeys(NAMES, 0.5)
 
 
 @pytest.mark.parametrize("warm_start", [False, True])
@@ -295,7 +296,7 @@ def test_keep_first(warm_start):
     plain, _ = reference(loss, 1.0005, warm_start)
     kept, evals = reference(loss, 1.0005, warm_start, keep_first=True)
     assert plain["blocks.2.ffn.key"] == 0.0 and kept["blocks.2.ffn.key"] == 0.1
-    sampler = GreedySampler({n: LEVELS for n in NAMES}, warm_start=warm_start, keep_first=True)
+    sampler = GreedySampler(dict.fromkeys(NAMES, LEVELS), warm_start=warm_start, keep_first=True)
     study = new_study(sampler)
     drive(study, sampler, loss)
     assert sampler.final_params(study) == [kept]
@@ -312,7 +313,7 @@ def test_a_failed_trial_rejects_its_candidate():
 
     expected, evals = reference(loss_with_failure, 1.0005, warm_start=True)
     assert expected[broken[0]] < reference(loss, 1.0005, warm_start=True)[0][broken[0]]
-    sampler = GreedySampler({n: LEVELS for n in NAMES})
+    sampler = GreedySampler(dict.fromkeys(NAMES, LEVELS))
     study = new_study(sampler)
     drive(study, sampler, loss, fail=fail)
     assert sampler.final_params(study) == [expected]
@@ -322,7 +323,7 @@ def test_a_failed_trial_rejects_its_candidate():
 
 def test_a_failed_dense_trial_is_issued_again():
     loss = make_loss()
-    sampler = GreedySampler({n: LEVELS for n in NAMES})
+    sampler = GreedySampler(dict.fromkeys(NAMES, LEVELS))
     study = new_study(sampler)
     dists = {n: CategoricalDistribution(c) for n, c in sampler.search_space.items()}
     study.tell(study.ask(dists), state=TrialState.FAIL)
@@ -335,7 +336,7 @@ def test_a_failed_dense_trial_is_issued_again():
 
 def test_needs_wait_holds_exactly_at_the_barrier():
     loss = make_loss()
-    sampler = GreedySampler({n: LEVELS for n in NAMES}, warm_start=False)
+    sampler = GreedySampler(dict.fromkeys(NAMES, LEVELS), warm_start=False)
     study = new_study(sampler)
     dists = {n: CategoricalDistribution(c) for n, c in sampler.search_space.items()}
     assert not sampler.needs_wait(study)
@@ -348,7 +349,7 @@ def test_needs_wait_holds_exactly_at_the_barrier():
     assert sampler.progress(study)["module"] == NAMES[0] and not sampler.is_finished(study)
 
     extra = study.ask(dists)  # asked anyway: a harmless duplicate, ignored
-    assert stamp(study, extra)["greedy:role"] == "wait" and extra.params == {n: 0.0 for n in NAMES}
+    assert stamp(study, extra)["greedy:role"] == "wait" and extra.params == dict.fromkeys(NAMES, 0.0)
     study.tell(extra, state=TrialState.FAIL)
 
     choice = reference(loss, 1.0005)[0][NAMES[0]]  # 0.3: 0.4 is the first failure
@@ -367,7 +368,7 @@ def test_needs_wait_holds_exactly_at_the_barrier():
 
 def test_finished_study_repeats_the_final_configuration():
     loss = make_loss()
-    sampler = GreedySampler({n: LEVELS for n in NAMES}, loss_inc=[1.0005, 1.002])
+    sampler = GreedySampler(dict.fromkeys(NAMES, LEVELS), loss_inc=[1.0005, 1.002])
     study = new_study(sampler)
     assert sampler.final_params(study) == []
     drive(study, sampler, loss)
@@ -385,7 +386,7 @@ def test_finished_study_repeats_the_final_configuration():
 
 def test_progress_during_a_pass():
     loss = make_loss()
-    sampler = GreedySampler({n: LEVELS for n in NAMES}, loss_inc=[1.0005, 1.002])
+    sampler = GreedySampler(dict.fromkeys(NAMES, LEVELS), loss_inc=[1.0005, 1.002])
     study = new_study(sampler)
     assert sampler.progress(study)["done_steps"] == 0
     _, evals = reference(loss, 1.0005, warm_start=True)
@@ -424,10 +425,10 @@ def drive_window(study, sampler, loss, workers, finish_newest_first):
 @pytest.mark.parametrize("workers, newest_first", [(2, True), (3, True), (2, False)])
 def test_a_sliding_window_gives_the_same_choices_without_repeats(warm_start, workers, newest_first):
     loss = make_loss(BUMPS)
-    serial = GreedySampler({n: LEVELS for n in NAMES}, loss_inc=1.0005, warm_start=warm_start)
+    serial = GreedySampler(dict.fromkeys(NAMES, LEVELS), loss_inc=1.0005, warm_start=warm_start)
     s_study = new_study(serial)
     drive(s_study, serial, loss)
-    sampler = GreedySampler({n: LEVELS for n in NAMES}, loss_inc=1.0005, warm_start=warm_start)
+    sampler = GreedySampler(dict.fromkeys(NAMES, LEVELS), loss_inc=1.0005, warm_start=warm_start)
     study = new_study(sampler)
     drive_window(study, sampler, loss, workers, newest_first)
     assert sampler.final_params(study) == serial.final_params(s_study)

@@ -110,7 +110,7 @@ def test_passes_from_kept_block_inputs_equal_full_passes(which, request):
     engine.evaluate([0.0] * n)
     upstream = engine.thresholds_for([0.3] * (n // 2) + [0.0] * (n - n // 2))
     last = engine.thresholds_for([0.0] * (n - 2) + [0.5, 0.0])  # a site of the last block (not RWKV's ffn.value:
-    configs = [upstream, upstream[:-1] + [0.0], upstream[: n // 2] + last[n // 2:]]  # at 0.5 its threshold is 0)
+    configs = [upstream, [*upstream[:-1], 0.0], upstream[: n // 2] + last[n // 2:]]  # at 0.5 its threshold is 0)
     for t in configs:
         outcome = engine.evaluate(t)
         tm.set_thresholds(t)

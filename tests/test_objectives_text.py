@@ -30,7 +30,7 @@ def test_the_loss_from_the_heads_input_in_slices_matches_the_full_logits(rwkv, o
         with torch.no_grad():
             own = loaded.model(input_ids=ids, labels=ids).loss.item() * ids[:, 1:].numel()
 
-        def forward(loaded=loaded):
+        def forward(loaded=loaded, ids=ids):
             return loaded.model(input_ids=ids, use_cache=False)
 
         assert math.isclose(sliced.loss_sum(forward, ids), own, rel_tol=1e-5)
@@ -52,13 +52,15 @@ def test_a_model_that_changes_its_logits_after_the_head_keeps_the_full_forward(r
         with torch.no_grad():
             capped = torch.nn.functional.cross_entropy(rwkv.model(input_ids=ids).logits[:, :-1].flatten(0, 1),
                                                        ids[:, 1:].flatten(), reduction="sum").item()
-        assert math.isclose(loss.loss_sum(lambda: rwkv.model(input_ids=ids, use_cache=False), ids), capped, rel_tol=1e-5)
+        assert math.isclose(loss.loss_sum(lambda: rwkv.model(input_ids=ids, use_cache=False), ids), capped,
+                            rel_tol=1e-5)
     finally:
         handle.remove()
 
 
 def test_next_word_examples_split_off_the_last_word():
-    text = "one two three four five six seven eight nine.\nshort line here\nand so the people went unto the mountain, Amen!"
+    text = ("one two three four five six seven eight nine.\nshort line here\n"
+            "and so the people went unto the mountain, Amen!")
     examples = next_word_examples(text)
     assert [(e.context, e.word) for e in examples] == [
         ("one two three four five six seven eight", "nine"),

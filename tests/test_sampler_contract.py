@@ -8,17 +8,17 @@ independent sampler, as Optuna's TPE and CMA-ES do; the greedy decisions are tes
 from __future__ import annotations
 
 import logging
+from typing import ClassVar
 
 import optuna
 import pytest
 import yaml
 from optuna.distributions import CategoricalDistribution
 from optuna.testing.pytest_samplers import BasicSamplerTestCase, MultiObjectiveSamplerTestCase
-
 from test_study import FAST
 
 from thresh_opt.cli import main
-from thresh_opt.samplers import GreedySampler, HybridSampler
+from thresh_opt.samplers import GreedySampler, HybridSampler, SensitivitySampler
 
 SPACE = {"blocks.0.a": [0.0, 0.2, 0.4], "blocks.1.a": [0.0, 0.2, 0.4]}
 
@@ -69,13 +69,14 @@ def test_a_parameter_outside_the_space_is_sampled_with_one_warning_and_the_greed
     warnings = [r.message for r in caplog.records if "learning_rate" in r.message]
     assert len(warnings) == 1 and "RandomSampler" in warnings[0]
     # the greedy parameters are the greedy's proposals: the dense trial first
-    assert study.trials[0].params == {"blocks.0.a": 0.0, "blocks.1.a": 0.0, "learning_rate": study.trials[0].params["learning_rate"]}
+    assert study.trials[0].params == {"blocks.0.a": 0.0, "blocks.1.a": 0.0,
+                                      "learning_rate": study.trials[0].params["learning_rate"]}
     assert study.trials[1].system_attrs["greedy:role"] == "candidate"
 
 
 def test_the_hybrid_hands_foreign_parameters_to_its_base_sampler():
     class Recording(optuna.samplers.RandomSampler):
-        asked: list[str] = []
+        asked: ClassVar[list[str]] = []
 
         def sample_independent(self, study, trial, name, distribution):
             self.asked.append(name)
@@ -94,3 +95,19 @@ def test_study_files_cannot_set_python_only_options(tmp_path, capsys):
     path.write_text(yaml.safe_dump({**FAST, "sampler": {"name": "greedy", "options": {"kind_of": "att"}}}))
     assert main(["study", "run", str(path)]) == 2
     assert "sampler.options.kind_of: takes a Python object" in capsys.readouterr().err
+
+
+def sensitivity() -> SensitivitySampler:
+    return SensitivitySampler(SPACE, front_size=2)
+
+
+class TestSensitivityBasic(BasicSamplerTestCase):
+    @pytest.fixture
+    def sampler(self):
+        return sensitivity
+
+
+class TestSensitivityMultiObjective(MultiObjectiveSamplerTestCase):
+    @pytest.fixture
+    def sampler(self):
+        return sensitivity

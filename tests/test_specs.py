@@ -30,12 +30,13 @@ def test_rwkv_mac_weights_by_hand():
     sites = resolve_sites(small_rwkv(d, 3), spec_for(small_rwkv()))
     assert len(sites) == 3 * 7
     assert [s.kind for s in sites[:7]] == RWKV_ORDER  # the published greedy order
-    expected = {k: d * d for k in RWKV_ORDER} | {"ffn.key": d * 4 * d, "ffn.value": 4 * d * d}
+    expected = dict.fromkeys(RWKV_ORDER, d * d) | {"ffn.key": d * 4 * d, "ffn.value": 4 * d * d}
     for s in sites:
         assert s.macs == expected[s.kind], s.name
     assert sites[-1].name == "blocks.2.ffn.value"
     # relative weights as in design.md 1.1: 1 for the d x d maps, 4 for the ffn key and value
-    assert {k: v // (d * d) for k, v in expected.items()} == {**{k: 1 for k in RWKV_ORDER}, "ffn.key": 4, "ffn.value": 4}
+    assert {k: v // (d * d) for k, v in expected.items()} == {**dict.fromkeys(RWKV_ORDER, 1),
+                                                               "ffn.key": 4, "ffn.value": 4}
 
 
 def test_opt_mac_weights_by_hand():
@@ -79,10 +80,14 @@ def test_a_custom_spec_describes_another_architecture(tmp_path):
     ("text", "field"),
     [
         ("arch: x\nmodel_classes: [A]\nblocks: b\nname_prefix: p\n", "sites"),
-        ("arch: x\nmodel_classes: [A]\nblocks: b\nname_prefix: p\nsites:\n  - {name: a, hook: h}\n", "sites.0.consumers"),
-        ("arch: x\nmodel_classes: [A]\nblocks: b\nname_prefix: p\nsites:\n  - {name: a, hook: h, consumers: [h], where: middle}\n", "sites.0.where"),
-        ("arch: x\nmodel_classes: [A]\nblocks: b\nname_prefix: p\ncolour: red\nsites:\n  - {name: a, hook: h, consumers: [h]}\n", "colour"),
-        ("arch: x\nmodel_classes: [A]\nblocks: b\nname_prefix: p\nsites:\n  - {name: a, hook: h, consumers: [h], tensr: t}\n", "sites.0.tensr"),
+        ("arch: x\nmodel_classes: [A]\nblocks: b\nname_prefix: p\n"
+         "sites:\n  - {name: a, hook: h}\n", "sites.0.consumers"),
+        ("arch: x\nmodel_classes: [A]\nblocks: b\nname_prefix: p\n"
+         "sites:\n  - {name: a, hook: h, consumers: [h], where: middle}\n", "sites.0.where"),
+        ("arch: x\nmodel_classes: [A]\nblocks: b\nname_prefix: p\n"
+         "colour: red\nsites:\n  - {name: a, hook: h, consumers: [h]}\n", "colour"),
+        ("arch: x\nmodel_classes: [A]\nblocks: b\nname_prefix: p\n"
+         "sites:\n  - {name: a, hook: h, consumers: [h], tensr: t}\n", "sites.0.tensr"),
         ("arch: [unclosed\n", "(file)"),
     ],
 )
@@ -103,5 +108,5 @@ def test_a_spec_pointing_at_a_missing_module_is_a_clear_error(tmp_path):
     path = tmp_path / "wrong.yaml"
     path.write_text("arch: x\nmodel_classes: [RwkvForCausalLM]\nblocks: rwkv.blocks\nname_prefix: b\n"
                     "sites:\n  - {name: a, hook: attention.nope, consumers: [attention.key]}\n")
-    with pytest.raises(UserError, match="attention.nope"):
+    with pytest.raises(UserError, match=r"attention.nope"):
         ThresholdedModel(small_rwkv(), load_spec(path))

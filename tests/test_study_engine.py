@@ -66,9 +66,11 @@ def test_sequential_statistics_map_the_same_levels_to_other_thresholds_at_a_stat
 def test_rejected_greedy_candidates_skip_the_expensive_objectives(tmp_path):
     finals, studies = {}, {}
     for skip in ("never", "rejected"):
-        path = write_study(tmp_path, name=skip, objectives=PERPLEXITY, trials=200, baselines={"dense": True, "uniform": []},
+        path = write_study(tmp_path, name=skip, objectives=PERPLEXITY, trials=200,
+                           baselines={"dense": True, "uniform": []},
                            search_space={"grouping": "kind", "levels": [0.3, 0.6, 0.9]},
-                           sampler={"name": "greedy", "options": {"loss_inc": 1.01}}, evaluation={"skip_expensive": skip})
+                           sampler={"name": "greedy", "options": {"loss_inc": 1.01}},
+                           evaluation={"skip_expensive": skip})
         assert main(["study", "run", str(path)]) == 0
         studies[skip] = study = load(tmp_path, skip)
         finals[skip] = study.user_attrs["thresh_opt:final"]

@@ -83,8 +83,8 @@ def gpu_cluster():
     port = free_port()
     env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0"}
     ray_bin = os.path.join(os.path.dirname(sys.executable), "ray")
-    subprocess.run([ray_bin, "start", "--head", "--node-ip-address", "127.0.0.1", "--port", str(port), "--num-cpus", "2",
-                    "--num-gpus", "2", "--include-dashboard", "false", "--disable-usage-stats"],
+    subprocess.run([ray_bin, "start", "--head", "--node-ip-address", "127.0.0.1", "--port", str(port),
+                    "--num-cpus", "2", "--num-gpus", "2", "--include-dashboard", "false", "--disable-usage-stats"],
                    env=env, check=True, capture_output=True, timeout=180)
     try:
         yield f"127.0.0.1:{port}"
@@ -153,7 +153,8 @@ def test_a_local_ray_runtime_listens_on_loopback_only(tmp_path):
         opened = _listening() - before
         assert len(opened) >= 4  # GCS, raylet, core workers...: the check can fail
         assert all(addr in LOOPBACK for addr, _ in opened), opened
-        assert ray_constants.ENABLE_RAY_CLUSTER == cluster_switch  # restored: a later ray.init(address=...) joins clusters
+        # restored: a later ray.init(address=...) joins clusters
+        assert cluster_switch == ray_constants.ENABLE_RAY_CLUSTER
     finally:
         executor.close()
     assert not ray.is_initialized()

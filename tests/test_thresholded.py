@@ -35,7 +35,7 @@ def test_thresholds_change_in_place_without_reloading(loaded):
     tm = loaded.thresholded
     weights_before = [p.data_ptr() for p in loaded.model.parameters()]
     dense = tm(input_ids=ids).logits
-    tm.set_thresholds({name: 0.5 for name in tm.names})
+    tm.set_thresholds(dict.fromkeys(tm.names, 0.5))
     sparse = tm(input_ids=ids).logits
     tm.reset_thresholds()
     again = tm(input_ids=ids).logits
@@ -77,7 +77,7 @@ def test_mac_weighted_sparsity_is_the_mac_weighted_mean(loaded):
 @torch.no_grad()
 def test_padding_tokens_are_not_counted(loaded):
     tm = loaded.thresholded
-    tm.set_thresholds({n: 0.2 for n in tm.names})
+    tm.set_thresholds(dict.fromkeys(tm.names, 0.2))
     ids = chunks_of(loaded, 1)[:, :40]
     with tm.counting():
         tm(input_ids=ids)
@@ -116,7 +116,7 @@ def test_bad_thresholds_are_clear_errors_and_change_nothing(rwkv, values, match)
 
 
 def test_unknown_name_suggests_the_closest(rwkv):
-    with pytest.raises(UserError, match="did you mean blocks.0.att.key"):
+    with pytest.raises(UserError, match=r"did you mean blocks.0.att.key"):
         rwkv.thresholded.set_thresholds({"blocks.0.att.kee": 0.1})
 
 

@@ -26,10 +26,7 @@ def non_dominated(points: np.ndarray) -> list[int]:
 
 def feasible(trial: FrozenTrial) -> bool:
     """No constraint violated (constraint values <= 0)."""
-    from optuna.study._constrained_optimization import _get_constraints_from_system_attrs
-
-    values = _get_constraints_from_system_attrs(trial.system_attrs)
-    return all(v <= 0 for v in values.values())
+    return all(v <= 0 for v in trial.constraints.values())
 
 
 def pareto_front(study: optuna.Study) -> list[FrozenTrial]:
@@ -100,11 +97,9 @@ def front_table(study: optuna.Study) -> list[dict[str, Any]]:
     """The Pareto front as rows: trial number, parameters, objectives, MAC-weighted sparsity."""
     names = study.user_attrs.get(keys.OBJECTIVES) or [f"objective_{i}" for i in range(len(study.directions))]
     measured = {int(k): v for k, v in study.user_attrs.get(keys.FRONT_METRICS, {}).items()}
-    rows = []
-    for t in pareto_front(study):
-        rows.append({"trial": t.number, **dict(zip(names, t.values)), "sparsity": t.user_attrs.get("sparsity"),
-                     **{f"front:{k}": v for k, v in measured.get(t.number, {}).items()}, "params": t.params})
-    return rows
+    return [{"trial": t.number, **dict(zip(names, t.values)), "sparsity": t.user_attrs.get("sparsity"),
+             **{f"front:{k}": v for k, v in measured.get(t.number, {}).items()}, "params": t.params}
+            for t in pareto_front(study)]
 
 
 def write_plots(study: optuna.Study, folder: Path) -> list[Path]:
@@ -121,11 +116,12 @@ def write_plots(study: optuna.Study, folder: Path) -> list[Path]:
     rows = front_table(study)
     (folder / "pareto_front.json").write_text(json.dumps(rows, indent=1))
     out.append(folder / "pareto_front.json")
-    done = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))]
+    done = list(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))
     if len(names) >= 2 and done:
         front = {r["trial"] for r in rows}
         data = {names[0]: [t.values[0] for t in done], names[1]: [t.values[1] for t in done],
-                "trial": [t.number for t in done], "front": ["Pareto front" if t.number in front else "other" for t in done]}
+                "trial": [t.number for t in done],
+                "front": ["Pareto front" if t.number in front else "other" for t in done]}
         fig = px.scatter(data, x=names[0], y=names[1], color="front", hover_data=["trial"], title=f"{study.study_name}")
         fig.write_html(folder / "pareto_front.html", include_plotlyjs=True)
         out.append(folder / "pareto_front.html")

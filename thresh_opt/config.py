@@ -43,7 +43,7 @@ def validate(data: object, schema: type[T], source: str) -> T:
     except ValidationError as exc:
         err = exc.errors()[0]
         field = ".".join(str(p) for p in err["loc"]) or "(top level)"
-        msg = err["msg"]
+        msg = err["msg"].removeprefix("Value error, ")
         if err["type"] == "extra_forbidden":
             msg = f"unknown field; allowed: {', '.join(_fields_at(schema, err['loc'][:-1]))}"
         elif err["type"] == "missing":

@@ -28,3 +28,11 @@ CACHE_MB = "cache_mb"
 DRIVER = "thresh_opt:driver"  # trial system attribute: the driver that asked for it
 WORKER_LOST = "worker_lost"  # why the trial's worker died (the trial is PRUNED: abandoned, issued again)
 SKIPPED = "skipped"  # objective -> why it was not computed (the trial is PRUNED)
+
+# run folder files (runs/<study name>/ by default)
+JOURNAL_FILE = "optuna.journal"  # the Optuna journal (also what optuna-dashboard reads)
+MLFLOW_DB = "mlflow.db"  # the MLflow SQLite tracking store
+DRIVERS_LOCK = ".drivers.lock"  # + after the journal's name: drivers of one journal take turns
+PLOTS_DIR = "artifacts"  # the study's plots (also logged to MLflow)
+REPORT_DIR = "report"  # a comparison's report
+EXPORT_DIR = "export"  # exported trials

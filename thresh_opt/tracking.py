@@ -12,14 +12,22 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from thresh_opt import keys
 from thresh_opt.errors import UserError
 
 PACKAGES = ("thresh-opt", "torch", "transformers", "optuna", "ray", "mlflow", "lm_eval")
 
+# The MLflow UI's experiment type tag; "custom_model_development" is its "Machine learning" (training runs) kind, as
+# opposed to "genai_development" (traces). MLflow 3.17's UI picks the landing view from its sidebar workflow switch
+# (`?workflowType=machine_learning` in the address, else the browser's last choice, GenAI by default), not from this
+# tag, so `thresh-opt ui` prints an address that carries it; the tag records the kind for the UIs that read it.
+EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
+TRAINING_KIND = "custom_model_development"
+
 
 def default_tracking_uri(run_dir: Path) -> str:
     """SQLite in the run folder."""
-    return f"sqlite:///{(run_dir / 'mlflow.db').resolve()}"
+    return f"sqlite:///{(run_dir / keys.MLFLOW_DB).resolve()}"
 
 
 def git_commit() -> str:
@@ -57,9 +65,12 @@ class _Tracker:
             exp = self.client.get_experiment_by_name(name)
             if exp is None:
                 location = None if tracking_uri else (run_dir / "mlartifacts").resolve().as_uri()
-                exp_id = self.client.create_experiment(name, artifact_location=location)
+                exp_id = self.client.create_experiment(name, artifact_location=location,
+                                                       tags={EXPERIMENT_KIND_TAG: TRAINING_KIND})
             else:
                 exp_id = exp.experiment_id
+                if EXPERIMENT_KIND_TAG not in exp.tags:  # made before the tag was set: set it, keep any other kind
+                    self.client.set_experiment_tag(exp_id, EXPERIMENT_KIND_TAG, TRAINING_KIND)
         except Exception as exc:  # noqa: BLE001 - unreachable server, bad URI: one line
             raise UserError(f"MLflow tracking URI {self.uri!r}: {str(exc).splitlines()[0]}") from None
         self.experiment_id = exp_id

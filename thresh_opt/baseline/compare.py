@@ -46,7 +46,8 @@ def produce(cmd: list[str]) -> dict[str, Any]:
 def greedy_point(model: str, loss_inc: float, out: Path, calibration: list[str]) -> tuple[str, str, Path, dict]:
     """Fast-mode greedy at one tolerance."""
     path = out / f"greedy-{loss_inc:g}.json"
-    data = produce(["greedy", model, "--mode", "fast", "--loss-inc", str(loss_inc), "--output", str(path), *calibration])
+    data = produce(["greedy", model, "--mode", "fast", "--loss-inc", str(loss_inc), "--output", str(path),
+                    *calibration])
     r = data["results"]["fast"]
     return "greedy", f"loss_inc={loss_inc:g}", path, {"forward_equivalents": r["forward_equivalents"],
                                                      "seconds": r["seconds"], "peak_memory_mb": data["peak_memory_mb"]}
@@ -58,8 +59,9 @@ def trained_point(model: str, penalty: float, steps: int, out: Path, calibration
     path = out / f"trained-{penalty:g}.json"
     data = produce(["baseline", "train", model, "--penalty", str(penalty), "--steps", str(steps), "--output", str(path),
                     *calibration, *extra])
-    return "trained", f"penalty={penalty:g}", path, {"forward_equivalents": data["forward_equivalents"],
-                                                    "seconds": data["seconds"], "peak_memory_mb": data["peak_memory_mb"]}
+    return ("trained", f"penalty={penalty:g}", path,
+            {"forward_equivalents": data["forward_equivalents"], "seconds": data["seconds"],
+             "peak_memory_mb": data["peak_memory_mb"]})
 
 
 def _interp(x: float, xs: list[float], ys: list[float]) -> float | None:
@@ -98,7 +100,8 @@ def markdown(model: str, points: list[Point], judged: list[dict[str, Any]], plot
         v = p.values
         lines.append(f"| {p.method} | {p.setting} | {v['loss_ratio']:.4f} | {v['perplexity']:.3f} | "
                      f"{v['next_word_accuracy']:.3f} | {v['sparsity']:.1%} | {v['energy_gain']:.2f}x | "
-                     f"{v['latency_gain']:.2f}x | {p.forward_equivalents:.1f} | {p.seconds:.1f} | {p.peak_memory_mb:.0f} |")
+                     f"{v['latency_gain']:.2f}x | {p.forward_equivalents:.1f} | "
+                     f"{p.seconds:.1f} | {p.peak_memory_mb:.0f} |")
     lines += ["", "## Verdicts", ""]
     for j in judged:
         at_s = j["greedy_perplexity_at_same_sparsity"]
@@ -114,9 +117,10 @@ def markdown(model: str, points: list[Point], judged: list[dict[str, Any]], plot
     t = [p for p in points if p.method == "trained"]
     if g and t:
         lines += ["", f"Compute per configuration (mean): greedy {np.mean([p.forward_equivalents for p in g]):.1f} "
-                  f"forward-equivalents, {np.mean([p.seconds for p in g]):.0f} s, {np.mean([p.peak_memory_mb for p in g]):.0f} MB "
-                  f"peak; trained {np.mean([p.forward_equivalents for p in t]):.1f}, {np.mean([p.seconds for p in t]):.0f} s, "
-                  f"{np.mean([p.peak_memory_mb for p in t]):.0f} MB."]
+                  f"forward-equivalents, {np.mean([p.seconds for p in g]):.0f} s, "
+                  f"{np.mean([p.peak_memory_mb for p in g]):.0f} MB peak; "
+                  f"trained {np.mean([p.forward_equivalents for p in t]):.1f}, "
+                  f"{np.mean([p.seconds for p in t]):.0f} s, {np.mean([p.peak_memory_mb for p in t]):.0f} MB."]
     if plot:
         lines += ["", f"![sparsity vs perplexity]({plot})"]
     return "\n".join(lines) + "\n"

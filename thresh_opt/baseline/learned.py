@@ -29,13 +29,13 @@ class _ArctanStep(torch.autograd.Function):
     """Heaviside step forward, arctan surrogate gradient backward."""
 
     @staticmethod
-    def forward(ctx: Any, z: torch.Tensor, sharpness: float) -> torch.Tensor:  # noqa: D102
+    def forward(ctx: Any, z: torch.Tensor, sharpness: float) -> torch.Tensor:
         ctx.save_for_backward(z)
         ctx.sharpness = sharpness
         return (z > 0).to(z.dtype)
 
     @staticmethod
-    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None]:  # noqa: D102
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
         (z,) = ctx.saved_tensors
         a = ctx.sharpness
         return grad * a / (2 * (1 + (math.pi / 2 * a * z) ** 2)), None
@@ -114,7 +114,7 @@ def train_thresholds(
     macs = macs / macs.sum()
     s = torch.nn.Parameter(torch.tensor([math.log(max(init[n], 1e-6)) for n in tm.names], device=device))
     groups = [{"params": [s], "lr": cfg.lr}]
-    weights = [p for p in model.parameters()]
+    weights = list(model.parameters())
     for p in weights:
         p.requires_grad_(cfg.fine_tune)
     if cfg.fine_tune:
@@ -168,8 +168,8 @@ def train_thresholds(
         model.train(was_training)
     thresholds = {n: float(v) for n, v in zip(tm.names, torch.exp(s.detach()).tolist())}
     tm.set_thresholds(thresholds)
-    return TrainResult(thresholds, history, fe_per_step * len(history), time.perf_counter() - began, peak_memory_mb(device),
-                       len(history), asdict(cfg))
+    return TrainResult(thresholds, history, fe_per_step * len(history), time.perf_counter() - began,
+                       peak_memory_mb(device), len(history), asdict(cfg))
 
 
 def _save(path: Path, state: dict[str, Any]) -> None:

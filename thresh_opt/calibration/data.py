@@ -26,7 +26,8 @@ class CalibrationSpec(BaseModel):
     """Which text, cut how: `count` chunks of `ctx_len` tokens picked with `seed`.
 
     Args:
-        source: 'heldout' (first half of an embedded model's held-out text), a .txt file, a .jsonl file, or 'hf:DATASET_ID'.
+        source: 'heldout' (first half of an embedded model's held-out text), a .txt file, a .jsonl file, or
+            'hf:DATASET_ID'.
         ctx_len: tokens per chunk (the paper used 1,024).
         count: chunks to keep; fewer are used when the text is shorter.
         seed: which chunks are kept.
@@ -127,7 +128,8 @@ def tokenize_documents(tokenizer: PreTrainedTokenizerBase, docs: list[str]) -> t
     return torch.tensor(ids, dtype=torch.long)
 
 
-def calibration_chunks(loaded: LoadedModel, spec: CalibrationSpec | None = None, cache: Path | None = None) -> torch.Tensor:
+def calibration_chunks(loaded: LoadedModel, spec: CalibrationSpec | None = None,
+                       cache: Path | None = None) -> torch.Tensor:
     """The calibration set as a (count, ctx_len) tensor, from the disk cache when it is there."""
     spec = spec or CalibrationSpec()
     folder = (cache or cache_dir()) / "chunks"
@@ -140,7 +142,8 @@ def calibration_chunks(loaded: LoadedModel, spec: CalibrationSpec | None = None,
     stream = tokenize_documents(loaded.tokenizer, docs)
     n = len(stream) // spec.ctx_len
     if n == 0:
-        raise UserError(f"calibration source {spec.source!r} has {len(stream)} tokens, fewer than one chunk of {spec.ctx_len}")
+        raise UserError(f"calibration source {spec.source!r} has {len(stream)} tokens, "
+                        f"fewer than one chunk of {spec.ctx_len}")
     chunks = stream[: n * spec.ctx_len].view(n, spec.ctx_len)
     order = torch.randperm(n, generator=torch.Generator().manual_seed(spec.seed))[: spec.count]
     chunks = chunks[order.sort().values].contiguous()  # keep text order among the chosen chunks

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -52,7 +53,8 @@ class QuantileSums:
         only: site indices to observe (default: all).
     """
 
-    def __init__(self, names: list[str], levels: list[float], device: torch.device, only: set[int] | None = None) -> None:
+    def __init__(self, names: list[str], levels: list[float], device: torch.device,
+                 only: set[int] | None = None) -> None:
         self.names, self.levels, self.only = names, list(levels), only
         self._q = torch.tensor(self.levels, device=device)
         self._sums: dict[int, torch.Tensor] = {}
@@ -62,7 +64,8 @@ class QuantileSums:
         """Add one site's tokens."""
         if self.only is not None and i not in self.only:
             return
-        per_token = torch.quantile(x.detach().abs().float().reshape(-1, x.shape[-1]), self._q, dim=-1)  # (levels, tokens)
+        # (levels, tokens)
+        per_token = torch.quantile(x.detach().abs().float().reshape(-1, x.shape[-1]), self._q, dim=-1)
         if mask is not None:
             per_token = per_token[:, mask.reshape(-1)]
         self._sums[i] = self._sums.get(i, 0) + per_token.sum(dim=1).double()

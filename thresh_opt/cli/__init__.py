@@ -9,6 +9,7 @@ import sys
 from rich.markup import escape
 
 from thresh_opt.cli import baseline as baseline_cmd
+from thresh_opt.cli import browse as browse_cmd
 from thresh_opt.cli import calibrate as calibrate_cmd
 from thresh_opt.cli import evaluate as evaluate_cmd
 from thresh_opt.cli import greedy as greedy_cmd
@@ -34,6 +35,7 @@ def build_parser() -> argparse.ArgumentParser:
     greedy_cmd.register(groups)
     study_cmd.register(groups)
     baseline_cmd.register(groups)
+    browse_cmd.register(groups)
     return parser
 
 

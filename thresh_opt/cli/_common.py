@@ -8,12 +8,15 @@ import json
 import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from thresh_opt.errors import UserError
+
+if TYPE_CHECKING:
+    from thresh_opt.models import LoadedModel
 
 console = Console(stderr=True)
 
@@ -61,7 +64,7 @@ def add_model_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--placement", type=Path, help="placement spec YAML for an architecture not shipped")
 
 
-def load_from_args(args: argparse.Namespace):  # noqa: ANN201
+def load_from_args(args: argparse.Namespace) -> LoadedModel:
     """Load the model named on the command line (imported lazily: torch is slow to import)."""
     from transformers.utils import logging as hf_logging
 

@@ -5,8 +5,10 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
+
 from rich.table import Table
 
+from thresh_opt import keys
 from thresh_opt.cli._common import add_model_options, console, emit_json, load_from_args, progress_bar
 from thresh_opt.cli.calibrate import add_calibration_options, spec_from_args
 from thresh_opt.errors import UserError
@@ -86,7 +88,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     cfg = TrainConfig(steps=args.steps, batch_size=args.batch_size, lr=args.lr, penalty=args.penalty,
                       sharpness=args.sharpness, init_sparsity=args.init_sparsity, fine_tune=args.fine_tune,
                       weight_lr=args.weight_lr, seed=args.train_seed,
-                      checkpoint=str(args.checkpoint) if args.checkpoint else None, checkpoint_every=args.checkpoint_every)
+                      checkpoint=str(args.checkpoint) if args.checkpoint else None,
+                      checkpoint_every=args.checkpoint_every)
     with progress_bar(status=True) as progress:
         task = progress.add_task("training thresholds", total=args.steps, status="")
         result = train_thresholds(tm, chunks, init, cfg, on_step=lambda i, r: progress.update(
@@ -98,13 +101,14 @@ def cmd_train(args: argparse.Namespace) -> int:
         args.output.parent.mkdir(parents=True, exist_ok=True)
         args.output.write_text(json.dumps(result.thresholds, indent=1))
     if args.fine_tune:
-        tm.model.save_pretrained(args.save_model)
+        loaded.model.save_pretrained(args.save_model)
         loaded.tokenizer.save_pretrained(args.save_model)
     out = {"model": loaded.source, "loss_ratio": loss / dense, "sparsity": sparsity, **result.to_dict()}
     if args.json:
         emit_json(out)
         return 0
-    console.print(f"{result.steps_done} steps, {result.seconds:.1f} s, {result.forward_equivalents:.1f} forward-equivalents, "
+    console.print(f"{result.steps_done} steps, {result.seconds:.1f} s, "
+                  f"{result.forward_equivalents:.1f} forward-equivalents, "
                   f"peak memory {result.peak_memory_mb:.0f} MB", highlight=False)
     console.print(f"calibration loss ratio {loss / dense:.4f}, MAC-weighted sparsity {sparsity:.1%}"
                   + (f"; thresholds: {args.output}" if args.output else ""), highlight=False)
@@ -154,12 +158,14 @@ def cmd_compare(args: argparse.Namespace) -> int:
         emit_json({"model": loaded.source, "out": str(out), "points": [p.__dict__ for p in points], "verdicts": judged})
         return 0
     table = Table(title=f"{loaded.source}: greedy search vs learned thresholds")
-    for col in ("method", "setting", "loss ratio", "perplexity", "sparsity", "energy gain", "fwd-equiv.", "s", "peak MB"):
+    for col in ("method", "setting", "loss ratio", "perplexity", "sparsity", "energy gain", "fwd-equiv.", "s",
+                "peak MB"):
         table.add_column(col, justify="right")
     for p in points:
         v = p.values
         table.add_row(p.method, p.setting, f"{v['loss_ratio']:.4f}", f"{v['perplexity']:.3f}", f"{v['sparsity']:.1%}",
-                      f"{v['energy_gain']:.2f}x", f"{p.forward_equivalents:.1f}", f"{p.seconds:.0f}", f"{p.peak_memory_mb:.0f}")
+                      f"{v['energy_gain']:.2f}x", f"{p.forward_equivalents:.1f}", f"{p.seconds:.0f}",
+                      f"{p.peak_memory_mb:.0f}")
     console.print(table)
     console.print(f"report: {out / 'report.md'}", highlight=False)
     return 0
@@ -173,15 +179,12 @@ def _study_front(run_dir: Path) -> list[tuple[float, float]]:
 
     from thresh_opt import analysis
 
-    journal = run_dir / "optuna.journal"
+    journal = run_dir / keys.JOURNAL_FILE
     if not journal.is_file():
-        raise UserError(f"--front {run_dir}: no optuna.journal in this run folder")
+        raise UserError(f"--front {run_dir}: no {keys.JOURNAL_FILE} in this run folder")
     storage = JournalStorage(JournalFileBackend(str(journal)))
     names = [s.study_name for s in optuna.get_all_study_summaries(storage)]
     study = optuna.load_study(study_name=names[0], storage=storage)
-    points: list[tuple[float, float]] = []
-    for t in analysis.pareto_front(study):
-        if "sparsity" in t.user_attrs and "loss_ratio" in t.user_attrs:
-            points.append((float(t.user_attrs["sparsity"]), float(t.user_attrs["loss_ratio"])))
-    return points
+    return [(float(t.user_attrs["sparsity"]), float(t.user_attrs["loss_ratio"])) for t in analysis.pareto_front(study)
+            if "sparsity" in t.user_attrs and "loss_ratio" in t.user_attrs]
 

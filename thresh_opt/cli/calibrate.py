@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from rich.progress import Progress
 from rich.table import Table
 
 from thresh_opt.cli._common import add_model_options, console, emit_json, load_from_args
+
+if TYPE_CHECKING:
+    from thresh_opt.calibration import CalibrationSpec
 
 SHOWN_LEVELS = (0.1, 0.3, 0.5, 0.7, 0.9)
 
@@ -26,7 +30,7 @@ def add_calibration_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--cache-dir", type=Path, help="cache folder (default $THRESH_OPT_CACHE or ~/.cache/thresh-opt)")
 
 
-def spec_from_args(args: argparse.Namespace):  # noqa: ANN201
+def spec_from_args(args: argparse.Namespace) -> CalibrationSpec:
     """A validated CalibrationSpec from the command line."""
     from thresh_opt.calibration import CalibrationSpec
     from thresh_opt.config import validate
@@ -60,14 +64,16 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     with Progress(console=console, transient=True) as progress:
         task = progress.add_task("activation statistics", total=None)
         stats = cached_activation_stats(
-            loaded, spec, cache=args.cache_dir, on_batch=lambda done, total: progress.update(task, completed=done, total=total)
+            loaded, spec, cache=args.cache_dir,
+            on_batch=lambda done, total: progress.update(task, completed=done, total=total)
         )
     shown = {level: stats.at(level) for level in SHOWN_LEVELS}
     if args.json:
         emit_json({"model": loaded.source, "calibration": spec.model_dump(), "chunks": list(chunks.shape),
                    "levels": stats.levels, "thresholds": stats.thresholds})
         return 0
-    table = Table(title=f"{loaded.source}: thresholds for target sparsity ({chunks.shape[0]} x {chunks.shape[1]} tokens)")
+    table = Table(title=f"{loaded.source}: thresholds for target sparsity "
+                        f"({chunks.shape[0]} x {chunks.shape[1]} tokens)")
     table.add_column("module")
     for level in SHOWN_LEVELS:
         table.add_column(f"{level:.0%}", justify="right")

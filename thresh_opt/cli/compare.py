@@ -6,8 +6,10 @@ import argparse
 from pathlib import Path
 from typing import Any
 
+from rich.progress import TaskID
 from rich.table import Table
 
+from thresh_opt import keys
 from thresh_opt.cli._common import console, emit_json, progress_bar, tracked_executor
 from thresh_opt.errors import ConfigError, UserError
 
@@ -83,7 +85,7 @@ def _compare(args: argparse.Namespace) -> int:
         for i, c in enumerate(contenders):
             task = progress.add_task(f"  {c.label} seed {c.seed}", total=ccfg.trials, status="")
 
-            def on_trial(study: Any, trial: Any, result: Any, task: int = task) -> None:
+            def on_trial(study: Any, trial: Any, result: Any, task: TaskID = task) -> None:
                 progress.update(task, completed=evaluations(study))
 
             study = run_contender(c, run_dir, executor, str(source), on_trial)
@@ -98,11 +100,12 @@ def _compare(args: argparse.Namespace) -> int:
                                **{f"hv_at_{b:g}fe": s.hv_at_fe(b) for b in ccfg.fe_budgets}, "front_size": s.front_size,
                                "evaluations": s.evaluations, "forward_equivalents": s.forward_equivalents,
                                "wall_seconds": s.wall_seconds}, s.history)
-    files, rows = report.write_report(ccfg, studies, summaries, run_dir / "report", str(source))
-    tracker.log_artifacts(files, folder="report")
+    files, rows = report.write_report(ccfg, studies, summaries, run_dir / keys.REPORT_DIR, str(source))
+    tracker.log_artifacts(files, folder=keys.REPORT_DIR)
     tracker.finish("FINISHED")
     if args.json:
-        emit_json({"compare": ccfg.name, "run_dir": str(run_dir), "report": str(run_dir / "report" / "report.md"),
+        emit_json({"compare": ccfg.name, "run_dir": str(run_dir),
+                   "report": str(run_dir / keys.REPORT_DIR / "report.md"),
                    "budgets": ccfg.budgets, "fe_budgets": ccfg.fe_budgets, "rows": rows})
         return 0
     _print(ccfg, rows, run_dir)

@@ -23,7 +23,11 @@ def register(groups: argparse._SubParsersAction) -> None:
     how.add_argument("--uniform-sparsity", type=float, metavar="S", help="every module at target sparsity S (0-0.99)")
     p.add_argument("--objectives", default=",".join(DEFAULT_OBJECTIVES),
                    help=f"comma-separated, from: {', '.join(OBJECTIVES)} (default: %(default)s)")
-    p.add_argument("--tasks", default="", help="lm-eval tasks for 'accuracy': names, folders or NAME=FOLDER, comma-separated")
+    p.add_argument("--tasks", default="",
+                   help="lm-eval tasks for 'accuracy', comma-separated: names, task files (.yaml/.yml), "
+                        "folders or NAME=FOLDER")
+    p.add_argument("--include-path", action="append", default=[], metavar="DIR",
+                   help="folder of lm-eval task YAMLs whose tasks --tasks may name (repeatable, or comma-separated)")
     p.add_argument("--limit", type=int, help="first N examples of every lm-eval task")
     p.add_argument("--eval-text", type=Path, help="text for perplexity / next-word accuracy (default: held-out half)")
     p.add_argument("--profile", type=Path, help="SENECA hardware profile YAML (default: the shipped one)")
@@ -39,7 +43,11 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
     objectives = check_objectives([o.strip() for o in args.objectives.split(",") if o.strip()])
     tasks = [t.strip() for t in args.tasks.split(",") if t.strip()]
-    problem = check_tasks(tasks, objectives)
+    include_path = [d.strip() for arg in args.include_path for d in arg.split(",") if d.strip()]
+    for d in include_path:
+        if not Path(d).expanduser().is_dir():
+            raise UserError(f"--include-path {d}: not a folder")
+    problem = check_tasks(tasks, objectives, include_path)
     if problem:
         raise UserError(f"--tasks {args.tasks}: {problem}")
     if args.uniform_sparsity is not None and not 0.0 <= args.uniform_sparsity <= 0.99:
@@ -53,6 +61,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     loaded = load_from_args(args)
     evaluator = Evaluator(
         loaded, objectives, calibration=spec, tasks=tasks, limit=args.limit, profile=args.profile, cache=args.cache_dir,
+        include_path=include_path,
         eval_text=args.eval_text.read_text(encoding="utf-8") if args.eval_text else None,
     )
     if thresholds is None:

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import argparse
 import json
+from functools import partial
 from pathlib import Path
 from typing import Any
 
+from rich.progress import Progress, TaskID
 from rich.table import Table
 
 from thresh_opt.cli._common import add_model_options, console, emit_json, load_from_args, progress_bar
@@ -32,7 +34,8 @@ def register(groups: argparse._SubParsersAction) -> None:
     p.set_defaults(count=8)
     p.add_argument("--mode", choices=("fast", "paper", "both"), default="fast",
                    help="fast (cached block inputs, default), paper (the published procedure) or both, compared")
-    p.add_argument("--loss-inc", type=float, default=1.0005, help="tolerance on loss / last accepted loss (default 1.0005)")
+    p.add_argument("--loss-inc", type=float, default=1.0005,
+                   help="tolerance on loss / last accepted loss (default 1.0005)")
     p.add_argument("--levels", type=_levels, help="candidate target sparsities (default 0.1,0.2,...,0.9)")
     p.add_argument("--no-warm-start", action="store_true", help="plain scan from the lowest candidate for every module")
     p.add_argument("--keep-first", action="store_true", help="the public code's quirk: keep a failing first candidate")
@@ -40,6 +43,10 @@ def register(groups: argparse._SubParsersAction) -> None:
     p.add_argument("--output", type=Path, help="write the chosen thresholds (JSON) here, for `thresh-opt evaluate`")
     p.add_argument("--json", action="store_true", help="one JSON object on stdout")
     p.set_defaults(func=cmd_greedy)
+
+
+def _advance(progress: Progress, task: TaskID, done: int, _modules: int) -> None:
+    progress.update(task, completed=done)
 
 
 def cmd_greedy(args: argparse.Namespace) -> int:
@@ -64,8 +71,7 @@ def cmd_greedy(args: argparse.Namespace) -> int:
             task = progress.add_task(f"greedy ({mode} mode)", total=len(loaded.thresholded.names))
             results[mode] = greedy_search(
                 loaded, spec, mode, args.loss_inc, args.levels, not args.no_warm_start, args.keep_first,
-                args.batch_size, on_module=lambda done, _n: progress.update(task, completed=done),
-                cache_dir=args.cache_dir)
+                args.batch_size, on_module=partial(_advance, progress, task), cache_dir=args.cache_dir)
     last = results[modes[-1]]
     if args.output:
         args.output.write_text(json.dumps(last.thresholds, indent=1))
@@ -73,10 +79,12 @@ def cmd_greedy(args: argparse.Namespace) -> int:
     if args.json:
         from thresh_opt.baseline import peak_memory_mb
 
-        emit_json({"model": loaded.source, "chunks": list(chunks.shape), "results": {m: r.to_dict() for m, r in results.items()},
+        emit_json({"model": loaded.source, "chunks": list(chunks.shape),
+                   "results": {m: r.to_dict() for m, r in results.items()},
                    "comparison": comparison, "peak_memory_mb": peak_memory_mb(chunks.device)})
         return 0
-    table = Table(title=f"{loaded.source}: greedy search, loss_inc {args.loss_inc} ({chunks.shape[0]} x {chunks.shape[1]} tokens)")
+    table = Table(title=f"{loaded.source}: greedy search, loss_inc {args.loss_inc} "
+                        f"({chunks.shape[0]} x {chunks.shape[1]} tokens)")
     for col in ("mode", "loss ratio", "sparsity", "loss passes", "stats passes", "forward-equiv.", "seconds"):
         table.add_column(col, justify="right")
     for mode, r in results.items():
@@ -84,7 +92,8 @@ def cmd_greedy(args: argparse.Namespace) -> int:
                       str(r.cost.stats_passes), f"{r.cost.forward_equivalents:.1f}", f"{r.seconds:.1f}")
     console.print(table)
     if comparison:
-        console.print(f"fast / paper: {comparison['fe_ratio']:.3f}x forward-equivalents, {comparison['time_ratio']:.3f}x time; "
+        console.print(f"fast / paper: {comparison['fe_ratio']:.3f}x forward-equivalents, "
+                      f"{comparison['time_ratio']:.3f}x time; "
                       f"same choices: {comparison['same_choices']} ({comparison['differing_modules']} modules differ)",
                       highlight=False)
     if args.output:

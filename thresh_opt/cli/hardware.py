@@ -4,12 +4,17 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rich.table import Table
 
 from thresh_opt.cli._common import console, emit_json, load_from_args, read_json_object
 from thresh_opt.errors import UserError
+from thresh_opt.registry import ARCHITECTURES
+
+if TYPE_CHECKING:
+    from thresh_opt.hardware import LinearSite, ModelDims
+    from thresh_opt.models import LoadedModel
 
 _ARCH_ONLY = ("layers", "hidden", "ffn", "heads", "vocab")
 
@@ -29,7 +34,8 @@ def register(groups: argparse._SubParsersAction) -> None:
     what = est.add_mutually_exclusive_group(required=True)
     what.add_argument("--model", metavar="MODEL",
                       help="take the dimensions from a model (hub id, folder, embedded:NAME)")
-    what.add_argument("--arch", choices=["rwkv4", "opt"], help="describe the model by its dimensions instead")
+    what.add_argument("--arch", choices=list(ARCHITECTURES.names()),
+                      help="describe the model by its dimensions instead")
     est.add_argument("--layers", type=int, metavar="L", help="blocks (with --arch)")
     est.add_argument("--hidden", type=int, metavar="D", help="model width d (with --arch)")
     est.add_argument("--ffn", type=int, metavar="F", help="feed-forward width (with --arch; default 4d)")
@@ -75,7 +81,7 @@ def _read_sparsity(path: Path) -> dict[str, Any]:
     return per_module if isinstance(per_module, dict) else data  # `model sparsity --json` output
 
 
-def _dims_and_sites(args: argparse.Namespace):  # noqa: ANN202
+def _dims_and_sites(args: argparse.Namespace) -> tuple[str, ModelDims, list[LinearSite], LoadedModel | None]:
     from thresh_opt.hardware import ModelDims, linear_sites
 
     if args.arch:
@@ -84,11 +90,16 @@ def _dims_and_sites(args: argparse.Namespace):  # noqa: ANN202
             raise UserError(f"--arch {args.arch} needs {' and '.join(missing)}")
         if args.head and args.vocab is None:
             raise UserError("--head with --arch needs --vocab V")
-        dims = ModelDims(args.arch, args.layers, args.hidden, args.ffn, args.context, args.heads, args.vocab)
+        given = {n: getattr(args, n) for n in (*_ARCH_ONLY, "context") if getattr(args, n) is not None}
+        extra = [f"--{n}" for n in given if n not in ARCHITECTURES[args.arch].options.model_fields]
+        if extra:
+            raise UserError(f"{', '.join(extra)}: not a dimension of {args.arch}; allowed: "
+                            f"{', '.join('--' + n for n in ARCHITECTURES[args.arch].options.model_fields)}")
+        dims = ModelDims(args.arch, **given)
         return args.arch, dims, linear_sites(dims), None
-    given = [f"--{n}" for n in _ARCH_ONLY if getattr(args, n) is not None]
-    if given:
-        raise UserError(f"{', '.join(given)}: taken from the model with --model; use --arch to set dimensions")
+    flags = [f"--{n}" for n in _ARCH_ONLY if getattr(args, n) is not None]
+    if flags:
+        raise UserError(f"{', '.join(flags)}: taken from the model with --model; use --arch to set dimensions")
     from thresh_opt.objectives.hardware_cost import model_dims
 
     loaded = load_from_args(args)

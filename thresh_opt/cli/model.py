@@ -11,6 +11,7 @@ from rich.table import Table
 
 from thresh_opt.cli._common import add_model_options, console, emit_json, load_from_args, read_json_object
 from thresh_opt.errors import UserError
+from thresh_opt.registry import ARCHITECTURES
 
 
 def register(groups: argparse._SubParsersAction) -> None:
@@ -26,7 +27,8 @@ def register(groups: argparse._SubParsersAction) -> None:
     sp = verbs.add_parser("sparsity", help="per-module and MAC-weighted sparsity on held-out text")
     add_model_options(sp)
     how = sp.add_mutually_exclusive_group(required=True)
-    how.add_argument("--uniform-sparsity", type=float, metavar="S", help="every module thresholded for target sparsity S")
+    how.add_argument("--uniform-sparsity", type=float, metavar="S",
+                     help="every module thresholded for target sparsity S")
     how.add_argument("--thresholds", type=Path, metavar="FILE.json", help="JSON object {module name: threshold}")
     sp.add_argument("--text", type=Path, help="text file to run on (default: the embedded model's held-out text)")
     sp.add_argument("--ctx-len", type=int, default=128, help="tokens per chunk (default 128)")
@@ -35,10 +37,11 @@ def register(groups: argparse._SubParsersAction) -> None:
     sp.set_defaults(func=cmd_sparsity)
 
     tr = verbs.add_parser("train", help="train a tokenizer and a small RWKV-4 or OPT model (the embedded recipe)")
-    tr.add_argument("--arch", default="rwkv4", choices=["rwkv4", "opt"])
+    tr.add_argument("--arch", default="rwkv4", choices=list(ARCHITECTURES.names()))
     tr.add_argument("--out", type=Path, required=True, help="run folder (checkpoints; the model lands in OUT/model)")
     tr.add_argument("--source", action="append", dest="sources", metavar="SRC",
-                    help="'kjv' (Debian bible-kjv-text, one verse per line), 'kjv-print' (its print layout, as the shipped models saw it) or a text file; repeatable (default: kjv)")
+                    help="'kjv' (Debian bible-kjv-text, one verse per line), 'kjv-print' (its print layout, as the "
+                         "shipped models saw it) or a text file; repeatable (default: kjv)")
     for name, default in [("layers", 6), ("hidden", 256), ("heads", 4), ("vocab-size", 4096), ("ctx-len", 128),
                           ("batch-size", 16), ("steps", 1500), ("warmup-steps", 100), ("eval-every", 100),
                           ("seed", 0), ("threads", 0)]:
@@ -146,7 +149,8 @@ def cmd_sparsity(args: argparse.Namespace) -> int:
     if args.json:
         emit_json(result)
     else:
-        console.print(_sparsity_table(f"{loaded.source}: sparsity over {report.tokens:,} tokens", report, loss, dense_loss))
+        console.print(_sparsity_table(f"{loaded.source}: sparsity over {report.tokens:,} tokens", report, loss,
+                                      dense_loss))
     return 0
 
 
@@ -158,8 +162,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     cfg = TrainConfig(
         arch=args.arch, layers=args.layers, hidden=args.hidden, heads=args.heads, vocab_size=args.vocab_size,
         ctx_len=args.ctx_len, batch_size=args.batch_size, lr=args.lr, warmup_steps=args.warmup_steps,
-        max_steps=args.steps, eval_every=args.eval_every, weight_decay=args.weight_decay, seed=args.seed, threads=args.threads,
-        sources=args.sources or ["kjv"],
+        max_steps=args.steps, eval_every=args.eval_every, weight_decay=args.weight_decay, seed=args.seed,
+        threads=args.threads, sources=args.sources or ["kjv"],
     )
     try:
         metrics = train(cfg, args.out, time_limit_s=args.time_limit * 60 if args.time_limit else None,

@@ -1,11 +1,11 @@
-"""`thresh-opt study run|show|export` and `thresh-opt ui`."""
+"""`thresh-opt study run|show|export|enqueue|compare`."""
 
 from __future__ import annotations
 
 import argparse
 import json
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rich.table import Table
 
@@ -13,16 +13,21 @@ from thresh_opt import keys
 from thresh_opt.cli import compare as compare_cmd
 from thresh_opt.cli._common import console, emit_json, progress_bar, tracked_executor
 from thresh_opt.errors import UserError
-from thresh_opt.study.config import NEEDS_LEVELS, SAMPLERS
+from thresh_opt.registry import SAMPLERS
+
+if TYPE_CHECKING:
+    import optuna
+
+    from thresh_opt.study.config import SearchSpaceConfig, StudyConfig
 
 
 def register(groups: argparse._SubParsersAction) -> None:
-    """Add the `study` group and `ui`."""
+    """Add the `study` group."""
     group = groups.add_parser("study", help="run, inspect and export threshold studies")
     verbs = group.add_subparsers(dest="verb", metavar="VERB", required=True)
     run = verbs.add_parser("run", help="run (or resume) a study; no file: the default embedded RWKV-4 study")
     run.add_argument("study", nargs="?", type=Path, metavar="STUDY.yaml")
-    run.add_argument("--sampler", choices=list(SAMPLERS))
+    run.add_argument("--sampler", choices=list(SAMPLERS.names()))
     run.add_argument("--trials", type=int, help="total trials in the study (a resumed study counts earlier ones)")
     run.add_argument("--forward-equivalents", type=float, metavar="FE", dest="max_forward_equivalents",
                      help="stop once the trials have spent FE forward-equivalents (full calibration passes)")
@@ -52,10 +57,6 @@ def register(groups: argparse._SubParsersAction) -> None:
     export.add_argument("--trial", type=int, required=True)
     export.add_argument("--out", type=Path, help="output folder (default RUN_DIR/export/trial-N)")
     export.set_defaults(func=cmd_export)
-    ui = groups.add_parser("ui", help="start the MLflow UI for a run folder on 127.0.0.1")
-    ui.add_argument("run_dir", type=Path, metavar="RUN_DIR")
-    ui.add_argument("--port", type=int, default=5000)
-    ui.set_defaults(func=cmd_ui)
 
 
 def _locate(p: argparse.ArgumentParser) -> None:
@@ -64,12 +65,13 @@ def _locate(p: argparse.ArgumentParser) -> None:
     p.add_argument("--name", help="study name (needed with --storage)")
 
 
-def _overridden(args: argparse.Namespace):  # noqa: ANN202
-    from thresh_opt.study.config import DEFAULT_STUDY, check_workers, load_study
+def _overridden(args: argparse.Namespace) -> tuple[StudyConfig, SearchSpaceConfig]:
+    from thresh_opt.study.config import DEFAULT_STUDY, check_workers, load_study, walks_levels
 
     cfg, space = load_study(args.study)
-    updates = {k: getattr(args, k) for k in ("trials", "workers", "seed", "storage", "ray_address", "tracking_uri",
-                                             "max_forward_equivalents", "gpus_per_worker") if getattr(args, k) is not None}
+    overridable = ("trials", "workers", "seed", "storage", "ray_address", "tracking_uri", "max_forward_equivalents",
+                   "gpus_per_worker")
+    updates = {k: getattr(args, k) for k in overridable if getattr(args, k) is not None}
     for k, v in updates.items():
         if k in ("trials", "workers") and v < 1:
             raise UserError(f"--{k}: must be >= 1")
@@ -83,7 +85,7 @@ def _overridden(args: argparse.Namespace):  # noqa: ANN202
     check_workers(cfg, str(args.study or DEFAULT_STUDY))
     if args.sampler:
         cfg = cfg.model_copy(update={"sampler": cfg.sampler.model_copy(update={"name": args.sampler, "options": {}})})
-        if args.sampler in NEEDS_LEVELS and space.level_list() is None:
+        if walks_levels(args.sampler) and space.level_list() is None:
             raise UserError(f"--sampler {args.sampler} needs a discrete search space (levels), not a range")
     return cfg, space
 
@@ -123,11 +125,12 @@ def _run(args: argparse.Namespace) -> int:
             spent[0] += result.forward_equivalents
             done = sum(1 for t in study.get_trials(deepcopy=False) if evaluated(t))
             shown = result.error or ", ".join(f"{k} {v:.4g}" for k, v in list(result.values.items())[:2])
-            progress.update(task, completed=done, status=f"trial {trial.number}: {shown}{' (pruned)' if result.skipped else ''}"
+            pruned = " (pruned)" if result.skipped else ""
+            progress.update(task, completed=done, status=f"trial {trial.number}: {shown}{pruned}"
                             f" | {spent[0]:.1f} FE, cache {result.cache_mb:.0f} MB")
 
         study = run_study(run, executor, on_trial, on_front=tracker.log_front)
-    files = analysis.write_plots(study, run_dir / "artifacts")
+    files = analysis.write_plots(study, run_dir / keys.PLOTS_DIR)
     hv = analysis.hypervolume_history(study)
     totals = analysis.cost_totals(study)
     tracker.log_artifacts(files, {"hypervolume": hv[-1] if hv else 0.0, "front_size": len(analysis.pareto_front(study)),
@@ -197,10 +200,11 @@ def _print_front(study: Any, rows: list[dict[str, Any]], run_dir: Path) -> None:
                   f"(+ {c['reference_forward_equivalents']:.1f} for the dense reference{front}), {c['seconds']:.1f} s "
                   f"of evaluation, cache peak {c['peak_cache_mb']:.0f} MB; {c['skipped_trials']} trials skipped "
                   "expensive objectives", highlight=False)
-    console.print(f"run folder: {run_dir}   MLflow UI: thresh-opt ui {run_dir}", highlight=False)
+    console.print(f"run folder: {run_dir}   MLflow UI: thresh-opt ui {run_dir}   "
+                  f"optuna-dashboard: thresh-opt dashboard {run_dir}", highlight=False)
 
 
-def _load(args: argparse.Namespace):  # noqa: ANN202
+def _load(args: argparse.Namespace) -> optuna.Study:
     import optuna
     from optuna.storages import JournalStorage
     from optuna.storages.journal import JournalFileBackend
@@ -214,7 +218,7 @@ def _load(args: argparse.Namespace):  # noqa: ANN202
             from thresh_opt.study.driver import default_run_dir
 
             target = default_run_dir(load_study(target)[0])
-        journal = target / "optuna.journal"
+        journal = target / keys.JOURNAL_FILE
         if not journal.is_file():
             raise UserError(f"{args.target}: no study here (no {journal})")
         storage = JournalStorage(JournalFileBackend(str(journal)))
@@ -253,12 +257,14 @@ def cmd_export(args: argparse.Namespace) -> int:
     if "thresholds" not in t.user_attrs:
         raise UserError(f"--trial {args.trial}: state {t.state.name}, no thresholds stored")
     thresholds = json.loads(t.user_attrs["thresholds"])
-    out = args.out or (args.target if args.target.is_dir() else Path(".")) / "export" / f"trial-{args.trial}"
+    out = args.out or (args.target if args.target.is_dir() else Path(".")) / keys.EXPORT_DIR / f"trial-{args.trial}"
     out.mkdir(parents=True, exist_ok=True)
     (out / "thresholds.json").write_text(json.dumps(thresholds, indent=1))
-    save_file({k: torch.tensor([v], dtype=torch.float32) for k, v in thresholds.items()}, out / "thresholds.safetensors")
-    report = {"trial": t.number, "params": t.params, "objectives": {k: v for k, v in t.user_attrs.items()
-              if isinstance(v, (int, float))}, "per_module_sparsity": json.loads(t.user_attrs.get("per_module_sparsity", "{}"))}
+    save_file({k: torch.tensor([v], dtype=torch.float32) for k, v in thresholds.items()},
+              out / "thresholds.safetensors")
+    numbers = {k: v for k, v in t.user_attrs.items() if isinstance(v, (int, float))}
+    report = {"trial": t.number, "params": t.params, "objectives": numbers,
+              "per_module_sparsity": json.loads(t.user_attrs.get("per_module_sparsity", "{}"))}
     hw = study.user_attrs.get(keys.HARDWARE)
     if hw and report["per_module_sparsity"]:
         report["seneca"] = _seneca_report(hw, report["per_module_sparsity"], study.user_attrs.get(keys.DENSE_SPARSITY))
@@ -278,20 +284,3 @@ def _seneca_report(hw: dict[str, Any], sparsity: dict[str, float], dense: dict[s
     profile = load_profile(hw.get("profile"))  # the study's profile, or the shipped one
     return compare(dims, sparsity, dense or {}, profile=profile, sites=sites).to_dict()
 
-
-def cmd_ui(args: argparse.Namespace) -> int:
-    """Start `mlflow ui` on 127.0.0.1 for a run folder's tracking store."""
-    import os
-    import sys
-
-    from thresh_opt.tracking import default_tracking_uri
-
-    if not (args.run_dir / "mlflow.db").is_file():
-        raise UserError(f"{args.run_dir}: no mlflow.db here (run a study first, or use `mlflow ui` with your URI)")
-    uri = default_tracking_uri(args.run_dir)
-    console.print(f"MLflow UI: http://127.0.0.1:{args.port}  (tracking store {uri}; Ctrl-C stops)", highlight=False)
-    sys.stderr.flush()
-    # Become the MLflow UI process: Ctrl-C and signals reach the server directly.
-    os.execv(sys.executable, [sys.executable, "-m", "mlflow", "ui", "--host", "127.0.0.1", "--port", str(args.port),
-                              "--backend-store-uri", uri])
-    return 0  # not reached

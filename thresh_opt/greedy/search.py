@@ -138,7 +138,11 @@ def greedy_search(
             on_module(study.sampler.progress(study)["done_modules"], n)
 
     study = run_study(StudyRun(cfg, space, None), SerialExecutor(cfg, space, worker), progress)
-    state = study.sampler.passes(study)[0]
+    sampler = study.sampler
+    from thresh_opt.samplers import GreedySampler
+
+    assert isinstance(sampler, GreedySampler)  # the study was made with one
+    state = sampler.passes(study)[0]
     final = study.user_attrs[keys.FINAL][0]
     trial = study.trials[final["trial"]]  # the accepted configuration was a trial (the dense one at worst)
     choices = [ModuleChoice(name, state.accepted[name], final["thresholds"][name], state.tried.get(name, []))

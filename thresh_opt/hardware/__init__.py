@@ -4,7 +4,6 @@ Works from dimensions and sparsities alone (no torch, no models), so any layer a
 """
 
 from thresh_opt.hardware.dims import (
-    ARCHS,
     DenseWork,
     LinearSite,
     ModelDims,
@@ -17,7 +16,6 @@ from thresh_opt.hardware.profile import DEFAULT_PROFILE, Constant, HardwareProfi
 from thresh_opt.hardware.seneca import WORK_KINDS, Comparison, Cost, Estimate, SiteCost, compare, estimate, place
 
 __all__ = [
-    "ARCHS",
     "DEFAULT_PROFILE",
     "WORK_KINDS",
     "Comparison",

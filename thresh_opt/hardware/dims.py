@@ -8,19 +8,25 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from thresh_opt.errors import UserError
+from thresh_opt.registry import ARCHITECTURES
 
-ARCHS = ("rwkv4", "opt")
 DEFAULT_CONTEXT = 1024  # OPT only: positions a token attends to when no context length is given
 
-# Thresholded kinds in the placement order of models/placements/*.yaml, with (input width, output width)
-# as multiples of (d, ffn width f); OPT's qkv tensor feeds the three d x d maps q, k and v.
-_RWKV4 = {
-    "att.key": ("d", "d"), "att.receptance": ("d", "d"), "att.value": ("d", "d"), "att.output": ("d", "d"),
-    "ffn.receptance": ("d", "d"), "ffn.key": ("d", "f"), "ffn.value": ("f", "d"),
-}
-_OPT = {"qkv": ("d", "3d"), "out_proj": ("d", "d"), "fc1": ("d", "f"), "fc2": ("f", "d")}
-_UNTHRESHOLDED = {"out_proj", "head"}  # dense input: the attention output, and the head
-_PREFIX = {"rwkv4": "blocks", "opt": "layers"}
+
+class ArchitectureModel(Protocol):
+    """What the hardware model reads of a registered architecture (``thresh_opt.architectures``)."""
+
+    block_prefix: str  # module names: blocks.3.att.key
+    linear: Mapping[str, tuple[str, str]]  # per block: kind -> (input, output) width codes d, f, 3d
+    dense_input: frozenset[str]  # kinds whose input is never thresholded
+    attention: bool  # keeps a KV cache
+
+    def block_work(self, dims: ModelDims, block: int) -> list[DenseWork]:
+        """A block's per-token work outside its linear maps."""
+
+
+def _arch(name: str) -> ArchitectureModel:
+    return ARCHITECTURES[name].target
 
 
 @dataclass(frozen=True)
@@ -32,7 +38,7 @@ class ModelDims:
         10240
 
     Args:
-        arch: "rwkv4" or "opt".
+        arch: a registered architecture (``thresh_opt.registry.ARCHITECTURES``: rwkv4, opt).
         layers: blocks L.
         hidden: model width d.
         ffn: feed-forward width f (default 4d).
@@ -51,15 +57,14 @@ class ModelDims:
     vocab: int | None = None
 
     def __post_init__(self) -> None:
-        if self.arch not in ARCHS:
-            raise UserError(f"unknown architecture {self.arch!r}; allowed: {', '.join(ARCHS)}")
+        ARCHITECTURES[self.arch]  # UserError naming the allowed
         for field in ("layers", "hidden", "ffn", "context", "heads", "vocab"):
             value = getattr(self, field)
             if value is not None and (not isinstance(value, int) or value < 1):
                 raise UserError(f"model dimension {field}={value!r}: allowed a whole number >= 1")
         if self.ffn is None:
             object.__setattr__(self, "ffn", 4 * self.hidden)
-        if self.arch == "opt":
+        if _arch(self.arch).attention:
             object.__setattr__(self, "context", self.context or DEFAULT_CONTEXT)
             object.__setattr__(self, "heads", self.heads or max(1, self.hidden // 64))
 
@@ -102,24 +107,28 @@ class DenseWork:
 class PlacementSite(Protocol):
     """What sites_from_placement reads from a model's placement site (thresh_opt.models.Site)."""
 
-    name: str
-    kind: str
-    block: int
-    macs: int
+    @property
+    def name(self) -> str: ...
+    @property
+    def kind(self) -> str: ...
+    @property
+    def block(self) -> int: ...
+    @property
+    def macs(self) -> int: ...
 
 
 def _width(dims: ModelDims, code: str) -> int:
-    return {"d": dims.hidden, "f": dims.ffn, "3d": 3 * dims.hidden}[code]
+    return {"d": dims.hidden, "f": dims.ffn or 4 * dims.hidden, "3d": 3 * dims.hidden}[code]
 
 
 def linear_sites(dims: ModelDims) -> list[LinearSite]:
     """Every linear map of one token, block by block, from the dimensions alone."""
-    table = _RWKV4 if dims.arch == "rwkv4" else _OPT
+    arch = _arch(dims.arch)
     sites = [
-        LinearSite(f"{_PREFIX[dims.arch]}.{i}.{kind}", kind, i, _width(dims, a), _width(dims, b),
-                   kind not in _UNTHRESHOLDED)
+        LinearSite(f"{arch.block_prefix}.{i}.{kind}", kind, i, _width(dims, a), _width(dims, b),
+                   kind not in arch.dense_input)
         for i in range(dims.layers)
-        for kind, (a, b) in table.items()
+        for kind, (a, b) in arch.linear.items()
     ]
     if dims.vocab:
         sites.append(LinearSite("head", "head", None, dims.hidden, dims.vocab, thresholded=False))
@@ -142,46 +151,32 @@ def sites_from_placement(placement: Iterable[PlacementSite], dims: ModelDims) ->
     return sorted(out + dense, key=lambda s: (math.inf if s.block is None else s.block, order[s.kind]))
 
 
-def _elementwise(name: str, kind: str, block: int | None, ops: float, transcendentals: float = 0.0) -> DenseWork:
-    # each operation reads an operand from data memory and writes its result back
+def elementwise(name: str, kind: str, block: int | None, ops: float, transcendentals: float = 0.0) -> DenseWork:
+    """Operations that each read an operand from data memory and write their result back."""
     n = ops + transcendentals
     return DenseWork(name, kind, "elementwise", block, ops, transcendentals, loads=n, stores=n)
 
 
 def dense_work(dims: ModelDims) -> list[DenseWork]:
-    """The per-token work outside the linear maps: norms, token shift, gates, WKV or attention."""
-    d, f, prefix = dims.hidden, dims.ffn, _PREFIX[dims.arch]
+    """The per-token work outside the linear maps: norms, then the architecture's own (token shift, gates,
+    WKV or attention)."""
+    arch, d = _arch(dims.arch), dims.hidden
     out: list[DenseWork] = []
     for i in range(dims.layers):
-        p = f"{prefix}.{i}"
         # a layer norm: mean, centre, square, sum, scale, gain, bias: ~8 operations per channel
-        out.append(_elementwise(f"{p}.layer_norm", "layer_norm", i, 2 * 8 * d, 2))
-        if dims.arch == "rwkv4":
-            # token shift: five mixes x*mu + prev*(1-mu)
-            out.append(_elementwise(f"{p}.token_shift", "token_shift", i, 5 * 3 * d))
-            # WKV of transformers' rwkv_linear_attention_cpu per channel: 18 add/mul/max, 4 exp, 1 division
-            out.append(DenseWork(f"{p}.wkv", "wkv", "recurrence", i, 18 * d, 5 * d, loads=23 * d, stores=23 * d))
-            # sigmoid(r) * wkv, relu(k)^2, sigmoid(r) * v, two residual adds
-            out.append(_elementwise(f"{p}.gates", "gates", i, d + 2 * f + d + 2 * d, 2 * d))
-        else:
-            n, h = dims.context, dims.heads
-            # q.k over n cached keys and the weighted sum over n cached values: 2 x n x d multiply-adds,
-            # each reading one cached element; softmax: n x h exponentials and 3 n h operations
-            out.append(DenseWork(f"{p}.attention", "attention", "attention", i, 4 * n * d + 3 * n * h, n * h,
-                                 loads=2 * n * d, stores=2 * d))
-            # biases of q, k, v, out_proj, fc1, fc2; relu; two residual adds
-            out.append(_elementwise(f"{p}.gates", "gates", i, 5 * d + f + f + 2 * d))
+        out.append(elementwise(f"{arch.block_prefix}.{i}.layer_norm", "layer_norm", i, 2 * 8 * d, 2))
+        out.extend(arch.block_work(dims, i))
     if dims.vocab:
         out.append(DenseWork("embedding", "embedding", "embedding", None, 0, loads=d, stores=d))
-        out.append(_elementwise("final_layer_norm", "layer_norm", None, 8 * d, 1))
+        out.append(elementwise("final_layer_norm", "layer_norm", None, 8 * d, 1))
     return out
 
 
 def kv_cache_bits(dims: ModelDims, bits: float) -> list[float]:
     """Per block, the data memory of the attention cache (OPT: keys and values of `context` positions)."""
-    if dims.arch != "opt":
+    if not _arch(dims.arch).attention:
         return [0.0] * dims.layers
-    return [2.0 * dims.context * dims.hidden * bits] * dims.layers
+    return [2.0 * (dims.context or DEFAULT_CONTEXT) * dims.hidden * bits] * dims.layers
 
 
 def resolve_sparsity(
@@ -198,4 +193,4 @@ def resolve_sparsity(
                             f"or a full module name such as {example}")
         if isinstance(value, bool) or not isinstance(value, int | float) or not 0.0 <= value <= 1.0:
             raise UserError(f"{source}: {key}: {value!r} is not a sparsity; allowed: a number from 0 to 1")
-    return {s.name: float(given.get(s.name, given.get(s.kind, 0.0))) for s in thresholded}
+    return {s.name: float(given.get(s.name, given.get(s.kind, 0.0))) for s in thresholded}  # type: ignore[arg-type]  # checked above

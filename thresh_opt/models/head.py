@@ -31,6 +31,12 @@ class _HeadInput(Exception):  # noqa: N818 - a control-flow signal, not an error
         self.hidden = hidden
 
 
+def output_embeddings(model: nn.Module) -> nn.Module | None:
+    """A Hugging Face model's head (``get_output_embeddings()``), or None for a model without one."""
+    get = getattr(model, "get_output_embeddings", None)
+    return get() if callable(get) else None
+
+
 class HeadLoss:
     """Summed next-token cross-entropy of a causal LM, computed from its head's input in slices.
 
@@ -41,7 +47,7 @@ class HeadLoss:
     """
 
     def __init__(self, model: nn.Module, probe: torch.Tensor | None = None, sliced: bool = True) -> None:
-        head = model.get_output_embeddings() if sliced and hasattr(model, "get_output_embeddings") else None
+        head = output_embeddings(model) if sliced else None
         self.model = model
         self.head: nn.Linear | None = head if isinstance(head, nn.Linear) else None
         if self.head is not None and probe is not None and not self._agrees(probe[:1]):
@@ -64,6 +70,7 @@ class HeadLoss:
     def _agrees(self, ids: torch.Tensor) -> bool:
         full = self.model(input_ids=ids, use_cache=False).logits.float()
         hidden = self.head_input(lambda: self.model(input_ids=ids, use_cache=False))
+        assert self.head is not None  # only probed with a linear head
         mine = F.linear(hidden, self.head.weight, self.head.bias).float()
         return mine.shape == full.shape and torch.allclose(mine, full, rtol=1e-4, atol=1e-4)
 

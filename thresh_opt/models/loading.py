@@ -98,6 +98,6 @@ def load_model(
     except OSError as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise UserError(f"cannot load model {source!r}: {first}") from None
-    model.to(dev).eval()
+    model.to(dev).eval()  # type: ignore[arg-type]  # transformers' decorated .to() hides its signature
     spec = load_spec(Path(placement)) if isinstance(placement, (str, Path)) else placement
     return LoadedModel(source, model, tokenizer, ThresholdedModel(model, spec))

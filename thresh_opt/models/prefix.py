@@ -13,18 +13,19 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 import torch
 from torch import nn
 
 from thresh_opt.errors import UserError
-from thresh_opt.models.head import HeadLoss
-from thresh_opt.models.specs import _submodule
+from thresh_opt.models.head import HeadLoss, output_embeddings
+from thresh_opt.models.specs import blocks_of
 from thresh_opt.models.thresholded import Observer, ThresholdedModel
 
 
-class _Stop(Exception):
+class _Stop(Exception):  # noqa: N818 - control flow, not an error
     """Raised by a hook to end a pass once it has seen what it needs."""
 
 
@@ -75,18 +76,19 @@ class PrefixRunner:
             where that gives the model's own logits.
     """
 
-    def __init__(self, tm: ThresholdedModel, chunks: torch.Tensor, batch_size: int = 8, sliced_head: bool = True) -> None:
+    def __init__(self, tm: ThresholdedModel, chunks: torch.Tensor, batch_size: int = 8,
+                 sliced_head: bool = True) -> None:
         self.tm = tm
         self.device = next(tm.model.parameters()).device
         self.batches = [b.to(self.device) for b in chunks.split(batch_size)]
         self.tokens = int(chunks.numel())
-        self.blocks: nn.ModuleList = _submodule(tm.model, tm.spec.blocks, "blocks")
+        self.blocks = blocks_of(tm.model, tm.spec)
         self.n_blocks = len(self.blocks)
         self.block_macs = [0] * self.n_blocks
         for s in tm.sites:
             self.block_macs[s.block] += s.macs
-        head = tm.model.get_output_embeddings() if hasattr(tm.model, "get_output_embeddings") else None
-        self.head_macs = int(head.weight.numel()) if head is not None else 0
+        weight = getattr(output_embeddings(tm.model), "weight", None)
+        self.head_macs = int(weight.numel()) if isinstance(weight, torch.Tensor) else 0
         self.head = HeadLoss(tm.model, self.batches[0][:1], sliced=sliced_head)
         try:  # one probe forward, here rather than inside a measured pass
             self._extras: tuple | None = self._block_extras()
@@ -122,8 +124,10 @@ class PrefixRunner:
         batch_index = [0]
         hooks = []
         if start:
+            given = inputs or ()
+
             def substitute(_m: nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
-                cached = inputs[batch_index[0]]
+                cached = given[batch_index[0]]
                 if args:
                     return (cached, *args[1:]), kwargs
                 return args, {**kwargs, "hidden_states": cached}
@@ -148,7 +152,7 @@ class PrefixRunner:
                 for i, batch in enumerate(self.batches):
                     batch_index[0] = i
                     try:
-                        total += self.head.loss_sum(lambda batch=batch: self.tm(input_ids=batch, use_cache=False), batch)
+                        total += self.head.loss_sum(partial(self.tm, input_ids=batch, use_cache=False), batch)
                     except _Stop:
                         continue
                     tokens += batch[:, 1:].numel()

@@ -94,9 +94,17 @@ def _macs(module: nn.Module) -> int:
     return int(weight.shape[0] * weight.shape[1])
 
 
+def blocks_of(model: nn.Module, spec: PlacementSpec) -> nn.ModuleList:
+    """The model's blocks, as the spec's `blocks` path names them."""
+    blocks = _submodule(model, spec.blocks, "blocks")
+    if not isinstance(blocks, nn.ModuleList | nn.Sequential):
+        raise UserError(f"placement spec: blocks {spec.blocks!r} is a {type(blocks).__name__}, not a list of blocks")
+    return blocks  # type: ignore[return-value]  # a Sequential iterates and indexes like a ModuleList
+
+
 def resolve_sites(model: nn.Module, spec: PlacementSpec) -> list[Site]:
     """Every threshold site of the model, block by block in the spec's order."""
-    blocks = _submodule(model, spec.blocks, "blocks")
+    blocks = blocks_of(model, spec)
     sites = []
     for i, block in enumerate(blocks):
         for s in spec.sites:

@@ -14,43 +14,15 @@ import torch
 from thresh_opt.calibration import CalibrationSpec, calibration_chunks
 from thresh_opt.errors import UserError
 from thresh_opt.incremental import Cost, IncrementalEngine
-from thresh_opt.objectives.text import mean_loss, next_word_accuracy, next_word_examples, perplexity, token_chunks
+from thresh_opt.objectives.catalog import MEASUREMENTS, Measured, Measurement
+from thresh_opt.objectives.text import token_chunks
+from thresh_opt.registry import OBJECTIVES as OBJECTIVE_REGISTRY
 
 if TYPE_CHECKING:
     from thresh_opt.models import LoadedModel
 
 
-@dataclass(frozen=True)
-class Objective:
-    """A named objective: what it measures, which way is better, and what computing it takes."""
-
-    name: str
-    direction: str  # minimize | maximize
-    description: str
-    needs: str  # calibration | evaluation | next_word | lm_eval | hardware
-
-    @property
-    def expensive(self) -> bool:
-        """True when it takes forward passes of its own (the calibration pass gives the cheap ones)."""
-        return self.needs in EXPENSIVE_NEEDS
-
-
-EXPENSIVE_NEEDS = ("evaluation", "next_word", "lm_eval")  # in the order they are computed
-OBJECTIVES = {
-    o.name: o
-    for o in [
-        Objective("calibration_loss", "minimize", "mean token cross-entropy on the calibration set (nats)", "calibration"),
-        Objective("loss_ratio", "minimize", "calibration loss / dense calibration loss", "calibration"),
-        Objective("perplexity", "minimize", "perplexity on the evaluation text", "evaluation"),
-        Objective("next_word_accuracy", "maximize", "last word of evaluation-text lines, greedy", "next_word"),
-        Objective("accuracy", "maximize", "mean headline lm-eval metric over the tasks", "lm_eval"),
-        Objective("sparsity", "maximize", "MAC-weighted sparsity on the calibration set", "calibration"),
-        Objective("energy", "minimize", "SENECA energy per token (nJ)", "hardware"),
-        Objective("latency", "minimize", "SENECA latency per token (us)", "hardware"),
-        Objective("energy_gain", "maximize", "dense SENECA energy / thresholded energy", "hardware"),
-        Objective("latency_gain", "maximize", "dense SENECA latency / thresholded latency", "hardware"),
-    ]
-}
+OBJECTIVES = OBJECTIVE_REGISTRY.targets()  # name -> Objective, declared in thresh_opt.objectives.catalog
 DEFAULT_OBJECTIVES = ["loss_ratio", "sparsity", "energy_gain", "latency_gain"]
 
 
@@ -64,19 +36,22 @@ def check_objectives(names: list[str]) -> list[str]:
     return list(names)
 
 
-def check_tasks(tasks: list[str], objectives: list[str]) -> str | None:
-    """Why these lm-eval tasks cannot be used with these objectives, or None: every local task folder
-    must exist, and tasks need an objective that runs them (so a task list is never ignored silently)."""
-    from thresh_opt.objectives.lm_eval_tasks import parse_task
+def check_tasks(tasks: list[str], objectives: list[str], include_path: list[str] | None = None) -> str | None:
+    """Why these lm-eval tasks cannot be used with these objectives, or None: every include path is a
+    folder, every local task folder exists, every task file is a valid lm-eval task whose data files exist,
+    and tasks need an objective that runs them (so a task list is never ignored silently)."""
+    from thresh_opt.objectives.lm_eval_tasks import check_include_path, parse_task
 
-    for text in tasks:
-        try:
-            parse_task(text)
-        except UserError as exc:
-            return str(exc)
+    try:
+        dirs = check_include_path(include_path or [])
+        for text in tasks:
+            parse_task(text, dirs)
+    except UserError as exc:
+        return str(exc)
     users = [n for n, o in OBJECTIVES.items() if o.needs == "lm_eval"]
     if tasks and not any(n in users for n in objectives):
-        return f"lm-eval tasks are given but no objective runs them: add {' or '.join(map(repr, users))} to the objectives"
+        return (f"lm-eval tasks are given but no objective runs them: add {' or '.join(map(repr, users))} "
+                "to the objectives")
     return None
 
 
@@ -121,13 +96,14 @@ class Evaluator:
         objectives: names from OBJECTIVES.
         calibration: the calibration set (default: first half of the embedded held-out text).
         eval_text: text for perplexity and next-word accuracy (default: second half of the held-out text).
-        tasks: lm-eval tasks (names, local folders, NAME=FOLDER) for `accuracy`.
+        tasks: lm-eval tasks (names, task files .yaml/.yml, local folders, NAME=FOLDER) for `accuracy`.
         limit: first N examples per lm-eval task, the same in every evaluation.
         profile: SENECA hardware profile file for the energy and latency objectives (default: shipped).
         cache: the disk cache folder for calibration tokens.
         batch_size: chunks per forward call.
         cache_mb: the incremental engine's memory budget (block inputs, recorded module inputs).
         incremental: False runs every calibration pass from the tokens (the published procedure's cost).
+        include_path: folders whose lm-eval task files make their tasks loadable by name.
     """
 
     def __init__(
@@ -145,12 +121,13 @@ class Evaluator:
         next_word_limit: int = 200,
         cache_mb: float = 512.0,
         incremental: bool = True,
+        include_path: list[str] | None = None,
     ) -> None:
         self.loaded = loaded
         self.objectives = check_objectives(objectives or DEFAULT_OBJECTIVES)
         self.needs = {OBJECTIVES[o].needs for o in self.objectives}
         if "lm_eval" in self.needs and not tasks:
-            raise UserError("objective 'accuracy' needs lm-eval tasks (--tasks piqa,../shared/data/arc_easy,...)")
+            raise UserError("objective 'accuracy' needs lm-eval tasks (--tasks piqa,my_task.yaml,...)")
         hardware = None
         if "hardware" in self.needs:
             from thresh_opt.objectives.hardware_cost import seneca_cost
@@ -159,8 +136,10 @@ class Evaluator:
         self.calibration = calibration or CalibrationSpec()
         self._eval_text = eval_text
         self.tasks, self.limit, self.hardware = list(tasks or []), limit, hardware
-        self.cache, self.batch_size, self.eval_chunks, self.next_word_limit = cache, batch_size, eval_chunks, next_word_limit
+        self.cache, self.batch_size = cache, batch_size
+        self.eval_chunks, self.next_word_limit = eval_chunks, next_word_limit
         self.cache_mb, self.incremental = cache_mb, incremental
+        self.include_path = list(include_path or [])
         self._known: dict[tuple[tuple[float, ...], str], tuple[dict[str, float], dict[str, dict[str, float]]]] = {}
 
     # ---- data, built once -------------------------------------------------------------------------
@@ -190,7 +169,8 @@ class Evaluator:
         """The lm-eval runner, with its tasks loaded once."""
         from thresh_opt.objectives.lm_eval_tasks import LmEvalRunner
 
-        return LmEvalRunner(self.loaded.model, self.loaded.tokenizer, self.tasks, self.limit)
+        return LmEvalRunner(self.loaded.model, self.loaded.tokenizer, self.tasks, self.limit,
+                            include_path=self.include_path)
 
     @cached_property
     def dense(self) -> Evaluation:
@@ -212,71 +192,68 @@ class Evaluator:
         gate(values) gives a reason, the other expensive objectives are skipped, with that reason.
         """
         tm = self.loaded.thresholded
-        full = {n: 0.0 for n in tm.names} | dict(thresholds or {})
+        full = dict.fromkeys(tm.names, 0.0) | dict(thresholds or {})
         dense = self.dense  # first, so that it runs dense
         tm.set_thresholds(full)
         names = check_objectives(only) if only is not None else self.objectives
         return self._measure(dense, names, gate, first)
+
+    @staticmethod
+    def _plan(names: list[str]) -> list[Measurement]:
+        """The measurements these objectives take, with those they read, in running order."""
+        wanted = {OBJECTIVES[o].needs for o in names}
+        todo = list(wanted)
+        while todo:
+            for before in MEASUREMENTS[todo.pop()].after:
+                if before not in wanted:
+                    wanted.add(before)
+                    todo.append(before)
+        return [m for m in MEASUREMENTS.values() if m.name in wanted]
 
     @torch.no_grad()
     def _measure(self, dense: Evaluation | None, names: list[str], gate: Gate | None,
                  first: str | None = None) -> Evaluation:
         started = time.perf_counter()
         before = replace(self.engine.cost)
-        tm = self.loaded.thresholded
-        needs = {OBJECTIVES[o].needs for o in names}
+        plan = self._plan(names)
         raw: dict[str, float] = {}
-        ev = Evaluation(values={}, dense=dense.values if dense else {})
-        if needs & {"calibration", "hardware"}:
-            outcome = self.engine.evaluate([tm.thresholds[n] for n in tm.names])
-            raw["calibration_loss"] = outcome.loss
-            report = tm.sparsity(outcome.counts)
-            raw["sparsity"] = report.mac_weighted
-            ev.per_module_sparsity = report.per_module
-        if "hardware" in needs:
-            dense_sparsity = dense.per_module_sparsity if dense else ev.per_module_sparsity
-            ev.hardware = self.hardware(ev.per_module_sparsity, dense_sparsity)
-            raw.update({k: ev.hardware[k] for k in ("energy", "latency", "energy_gain", "latency_gain")})
-        if "calibration_loss" in raw:
-            raw["loss_ratio"] = raw["calibration_loss"] / (dense.values["calibration_loss"] if dense else raw["calibration_loss"])
-        expensive = [g for g in EXPENSIVE_NEEDS if g in needs]
+        details = Measured()
+        for m in plan:
+            if not m.expensive:
+                raw.update(m.compute(self, dense, details))
+        expensive = [m for m in plan if m.expensive]
+        skipped: dict[str, str] = {}
         if gate is not None:
-            early = [g for g in expensive if first is not None and OBJECTIVES[first].needs == g]
-            self._expensive(early, raw, ev)
+            early = [m for m in expensive if first is not None and OBJECTIVES[first].measurement is m]
+            self._expensive(early, raw, details, dense)
             reason = gate(dict(raw))
             if reason is not None:
-                ev.skipped = {o: reason for o in names if OBJECTIVES[o].needs in expensive and o not in raw}
+                skipped = {o: reason for o in names if OBJECTIVES[o].measurement in expensive and o not in raw}
                 expensive = []
             else:
-                expensive = [g for g in expensive if g not in early]
-        self._expensive(expensive, raw, ev)
-        ev.values = {k: raw[k] for k in names if k in raw} | {k: v for k, v in raw.items() if k not in names}
+                expensive = [m for m in expensive if m not in early]
+        self._expensive(expensive, raw, details, dense)
+        ev = Evaluation(values={k: raw[k] for k in names if k in raw}
+                        | {k: v for k, v in raw.items() if k not in names},
+                        dense=dense.values if dense else {}, per_module_sparsity=details.per_module_sparsity or {},
+                        tasks=details.tasks or {}, hardware=details.hardware or {}, skipped=skipped)
         ev.seconds = time.perf_counter() - started
         ev.cost = replace(self.engine.cost.since(before), seconds=ev.seconds)
         return ev
 
-    def _expensive(self, groups: list[str], raw: dict[str, float], ev: Evaluation) -> None:
-        """Compute the expensive objective groups (a configuration measured before is not measured again); their
+    def _expensive(self, measurements: list[Measurement], raw: dict[str, float], details: Measured,
+                   dense: Evaluation | None) -> None:
+        """Run the expensive measurements (a configuration measured before is not measured again); their
         forwards count as `other` work, by tokens run."""
         tm = self.loaded.thresholded
         config = tuple(tm.thresholds[n] for n in tm.names)
-        for group in [g for g in groups if (config, g) in self._known]:
-            values, tasks = self._known[config, group]
-            raw.update(values)
-            ev.tasks.update(tasks)
-            groups = [g for g in groups if g != group]
-        if not groups:
-            return
         tokens = tm.tokens_run
-        if "evaluation" in groups:
-            raw["perplexity"] = perplexity(mean_loss(self.loaded.model, self.eval_chunks_tensor, self.batch_size))
-        if "next_word" in groups:
-            examples = next_word_examples(self.eval_text, limit=self.next_word_limit)
-            raw["next_word_accuracy"] = next_word_accuracy(self.loaded.model, self.loaded.tokenizer, examples)
-        if "lm_eval" in groups:
-            ev.tasks = self.lm_eval.evaluate()
-            raw["accuracy"] = sum(r[ref.metric] for ref, r in zip(self.lm_eval.refs, ev.tasks.values())) / len(ev.tasks)
+        for m in measurements:
+            if (config, m.name) not in self._known:
+                own = Measured()
+                self._known[config, m.name] = (m.compute(self, dense, own), own.tasks or {})
+            values, tasks = self._known[config, m.name]
+            raw.update(values)
+            if tasks:
+                details.tasks = {**(details.tasks or {}), **tasks}
         self.engine.cost.other_fe += (tm.tokens_run - tokens) / self.engine.runner.tokens
-        for group in groups:
-            self._known[config, group] = ({o: raw[o] for o, obj in OBJECTIVES.items() if obj.needs == group},
-                                          dict(ev.tasks) if group == "lm_eval" else {})

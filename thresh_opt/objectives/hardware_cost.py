@@ -8,21 +8,20 @@ from typing import TYPE_CHECKING, Any
 
 from thresh_opt.errors import UserError
 from thresh_opt.hardware import LinearSite, ModelDims, compare, load_profile, sites_from_placement
+from thresh_opt.registry import ARCHITECTURES
 
 if TYPE_CHECKING:
     from thresh_opt.models import LoadedModel
 
 
-def model_dims(loaded: LoadedModel, context: int | None = None, head: bool = False) -> tuple[ModelDims, list[LinearSite]]:
+def model_dims(loaded: LoadedModel, context: int | None = None,
+               head: bool = False) -> tuple[ModelDims, list[LinearSite]]:
     """The hardware model's view of a loaded model: its dimensions and its linear sites."""
-    arch, cfg = loaded.thresholded.spec.arch, loaded.model.config
-    if arch == "rwkv4":
-        ffn, heads = cfg.intermediate_size, None
-    elif arch == "opt":
-        ffn, heads = cfg.ffn_dim, cfg.num_attention_heads
-    else:
-        raise UserError(f"{loaded.source}: no hardware model for architecture {arch!r}; supported: rwkv4, opt")
-    dims = ModelDims(arch, cfg.num_hidden_layers, cfg.hidden_size, ffn, context, heads, cfg.vocab_size if head else None)
+    arch = loaded.thresholded.spec.arch
+    if arch not in ARCHITECTURES:
+        raise UserError(f"{loaded.source}: no hardware model for architecture {arch!r}; "
+                        f"supported: {', '.join(ARCHITECTURES.names())}")
+    dims = ARCHITECTURES[arch].target.dims(arch, loaded.model.config, context, head)
     return dims, sites_from_placement(loaded.thresholded.sites, dims)
 
 

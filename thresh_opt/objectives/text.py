@@ -5,12 +5,14 @@ from __future__ import annotations
 import math
 import re
 from dataclasses import dataclass
+from functools import partial
 from typing import TYPE_CHECKING
 
 import torch
 
 if TYPE_CHECKING:
-    from transformers import PreTrainedModel, PreTrainedTokenizerBase
+    from torch import nn
+    from transformers import PreTrainedTokenizerBase
 
 _LAST_WORD = re.compile(r"^(?P<context>.*\S)\s+(?P<word>[A-Za-z]+)[^A-Za-z]*$", re.S)
 
@@ -25,7 +27,7 @@ def token_chunks(tokenizer: PreTrainedTokenizerBase, text: str, ctx_len: int) ->
 
 
 @torch.no_grad()
-def mean_loss(model: PreTrainedModel, chunks: torch.Tensor, batch_size: int = 8) -> float:
+def mean_loss(model: nn.Module, chunks: torch.Tensor, batch_size: int = 8) -> float:
     """Mean next-token cross-entropy (nats) over every predicted token of the chunks (the head applied a
     slice at a time, see `thresh_opt.models.head`)."""
     from thresh_opt.models.head import HeadLoss
@@ -35,7 +37,7 @@ def mean_loss(model: PreTrainedModel, chunks: torch.Tensor, batch_size: int = 8)
     total, count = 0.0, 0
     for batch in chunks.split(batch_size):
         batch = batch.to(device)
-        total += head.loss_sum(lambda batch=batch: model(input_ids=batch, use_cache=False), batch)
+        total += head.loss_sum(partial(model, input_ids=batch, use_cache=False), batch)
         count += batch[:, 1:].numel()
     return total / count
 
@@ -67,7 +69,7 @@ def next_word_examples(text: str, min_words: int = 8, limit: int | None = None) 
 
 @torch.no_grad()
 def next_word_accuracy(
-    model: PreTrainedModel,
+    model: nn.Module,
     tokenizer: PreTrainedTokenizerBase,
     examples: list[NextWordExample],
     batch_size: int = 16,

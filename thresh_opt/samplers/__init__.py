@@ -6,4 +6,7 @@ from thresh_opt.samplers._greedy_state import Acceptance, default_kind, toleranc
 from thresh_opt.samplers._hybrid import HybridSampler
 from thresh_opt.samplers._protocol import SteppedSampler
 
-__all__ = ["Acceptance", "GreedySampler", "HybridSampler", "SteppedSampler", "default_kind", "tolerances"]
+__all__ = [
+    "Acceptance", "GreedySampler", "HybridSampler", "SteppedSampler", "default_kind",
+    "tolerances",
+]

@@ -7,43 +7,38 @@ import json
 import math
 from collections.abc import Iterable
 from numbers import Real
-from typing import TYPE_CHECKING
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from optuna.logging import get_logger
-from optuna.samplers import BaseSampler
-from optuna.samplers import RandomSampler
+from optuna.samplers import BaseSampler, RandomSampler
 
-from thresh_opt.samplers._greedy_state import CANDIDATE
-from thresh_opt.samplers._greedy_state import MODULE
-from thresh_opt.samplers._greedy_state import PARAMS
-from thresh_opt.samplers._greedy_state import PASS
-from thresh_opt.samplers._greedy_state import PASS_ID
-from thresh_opt.samplers._greedy_state import REFERENCE
-from thresh_opt.samplers._greedy_state import ROLE
-from thresh_opt.samplers._greedy_state import STEP
-from thresh_opt.samplers._greedy_state import TOLERANCE
-from thresh_opt.samplers._greedy_state import Acceptance
-from thresh_opt.samplers._greedy_state import default_kind
-from thresh_opt.samplers._greedy_state import read_ledger
-from thresh_opt.samplers._greedy_state import replay_pass
-from thresh_opt.samplers._greedy_state import Spec
-from thresh_opt.samplers._greedy_state import tolerances
-
+from thresh_opt import compat
+from thresh_opt.samplers._greedy_state import (
+    CANDIDATE,
+    MODULE,
+    PARAMS,
+    PASS,
+    PASS_ID,
+    REFERENCE,
+    ROLE,
+    STEP,
+    TOLERANCE,
+    Acceptance,
+    Spec,
+    default_kind,
+    read_ledger,
+    replay_pass,
+    tolerances,
+)
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
-    from collections.abc import Mapping
-    from collections.abc import Sequence
+    from collections.abc import Callable, Mapping, Sequence
 
     from optuna.distributions import BaseDistribution
     from optuna.study import Study
-    from optuna.trial import FrozenTrial
-    from optuna.trial import TrialState
+    from optuna.trial import FrozenTrial, TrialState
 
-    from thresh_opt.samplers._greedy_state import Key
-    from thresh_opt.samplers._greedy_state import Ledger
-    from thresh_opt.samplers._greedy_state import PassState
+    from thresh_opt.samplers._greedy_state import Key, Ledger, PassState
 
 
 _logger = get_logger(__name__)
@@ -94,9 +89,9 @@ class GreedySampler(BaseSampler):
     system attributes ``greedy:role`` (``"dense"``, ``"candidate"``, ``"wait"``, ``"finished"``),
     ``greedy:pass``, ``greedy:tolerance``, ``greedy:module``, ``greedy:candidate``, ``greedy:step``
     (module index, -1 for the dense trial), ``greedy:params`` and, for a candidate whose reference loss
-    is known, ``greedy:reference`` (:meth:`acceptance` gives the rule that will judge it). A new sampler on the same storage
-    continues where the old one stopped. Trials it did not issue (enqueued baselines, other samplers,
-    a sampler with other settings) are ignored.
+    is known, ``greedy:reference`` (:meth:`acceptance` gives the rule that will judge it). A new
+    sampler on the same storage continues where the old one stopped. Trials it did not issue
+    (enqueued baselines, other samplers, a sampler with other settings) are ignored.
 
     Note:
         Each pass (tolerance) issues its own dense trial first; the passes run one after another.
@@ -216,7 +211,7 @@ class GreedySampler(BaseSampler):
     def _derive(self, study: Study) -> tuple[list[PassState], PassState | None, Ledger]:
         """Finished passes, the current one (None when all are done) and the ledger behind them."""
         # Query the storage directly, as GridSampler does (a pruner may filter study.get_trials).
-        trials = study._storage.get_all_trials(study._study_id, deepcopy=False)
+        trials = compat.all_trials(study)
         ledger = read_ledger(trials, self._pass_ids, self._loss_key)
         done: list[PassState] = []
         for p, tolerance in enumerate(self._tolerances):
@@ -325,7 +320,7 @@ class GreedySampler(BaseSampler):
                 params = self._config(current)
         stamp[PARAMS] = params
         for attr, value in stamp.items():
-            study._storage.set_trial_system_attr(trial._trial_id, attr, value)
+            compat.set_trial_system_attr(study, trial, attr, value)
 
     def _stamp(self, role: str, p: int, module: str | None, candidate: float | None, step: int) -> dict[str, Any]:
         return {
@@ -357,7 +352,8 @@ class GreedySampler(BaseSampler):
         if params is None or param_name not in params:
             if self._warn and param_name not in self._warned:
                 self._warned.add(param_name)
-                why = "is not in its search space" if not self.owns(param_name) else "was asked on a trial it did not issue"
+                why = ("is not in its search space" if not self.owns(param_name)
+                       else "was asked on a trial it did not issue")
                 _logger.warning(f"GreedySampler: parameter {param_name!r} {why}; it is sampled by "
                                 f"{type(self._independent).__name__} (warned once).")
             return self._independent.sample_independent(study, trial, param_name, param_distribution)

@@ -17,17 +17,13 @@ import bisect
 import math
 import re
 from collections import Counter
-from dataclasses import dataclass
-from dataclasses import field
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from optuna.trial import TrialState
 
-
 if TYPE_CHECKING:
-    from collections.abc import Callable
-    from collections.abc import Iterable
-    from collections.abc import Mapping
+    from collections.abc import Callable, Iterable, Mapping
 
     from optuna.trial import FrozenTrial
 
@@ -65,7 +61,7 @@ def tolerances(loss_inc: object) -> tuple[float, ...]:
     if not values or bad:
         raise ValueError(f"loss_inc must be a number > 1 (a ratio to the last accepted loss) or a non-empty list "
                          f"of them, got {loss_inc!r}")
-    return tuple(float(v) for v in values)
+    return tuple(float(v) for v in values)  # type: ignore[arg-type]  # numbers: checked above
 
 
 @dataclass(frozen=True)
@@ -204,7 +200,8 @@ def replay_pass(spec: Spec, p: int, tolerance: float, ledger: Ledger) -> PassSta
         rule = Acceptance(l_ref, tolerance) if l_ref is not None else None
         seen = tried[name] = []
 
-        def outcome(i: int) -> bool | None:
+        def outcome(i: int, name: str = name, cands: tuple[float, ...] = cands, rule: Acceptance | None = rule,
+                    seen: list[tuple[float, float | None, bool]] = seen) -> bool | None:
             key = (p, name, cands[i - 1])
             if rule is None or key not in ledger.losses:
                 return None  # without L_ref nothing is known, but the path is (speculation)

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from optuna.samplers import BaseSampler
 
+from thresh_opt import compat
 from thresh_opt.samplers._greedy import GreedySampler
 
 if TYPE_CHECKING:
@@ -39,7 +41,7 @@ class HybridSampler(BaseSampler):
         self.greedy, self.base, self.greedy_trials = greedy, base, greedy_trials
 
     def _greedy_phase(self, study: Study) -> bool:
-        trials = study._storage.get_all_trials(study._study_id, deepcopy=False)
+        trials = compat.all_trials(study)
         issued = sum(1 for t in trials if t.system_attrs.get(PHASE) == "greedy")
         return issued < self.greedy_trials and not self.greedy.is_finished(study)
 
@@ -75,7 +77,7 @@ class HybridSampler(BaseSampler):
 
     def before_trial(self, study: Study, trial: FrozenTrial) -> None:
         phase = "base" if "fixed_params" in trial.system_attrs else self.phase(study)
-        study._storage.set_trial_system_attr(trial._trial_id, PHASE, phase)
+        compat.set_trial_system_attr(study, trial, PHASE, phase)
         trial.system_attrs[PHASE] = phase
         if phase == "greedy":
             self.greedy.before_trial(study, trial)
@@ -87,7 +89,8 @@ class HybridSampler(BaseSampler):
     def infer_relative_search_space(self, study: Study, trial: FrozenTrial) -> dict[str, BaseDistribution]:
         return self._of(trial).infer_relative_search_space(study, trial)
 
-    def sample_relative(self, study: Study, trial: FrozenTrial, search_space: dict[str, BaseDistribution]) -> dict[str, Any]:
+    def sample_relative(self, study: Study, trial: FrozenTrial,
+                        search_space: dict[str, BaseDistribution]) -> dict[str, Any]:
         return self._of(trial).sample_relative(study, trial, search_space)
 
     def sample_independent(self, study: Study, trial: FrozenTrial, param_name: str,
@@ -98,7 +101,8 @@ class HybridSampler(BaseSampler):
             owner = self.base
         return owner.sample_independent(study, trial, param_name, param_distribution)
 
-    def after_trial(self, study: Study, trial: FrozenTrial, state: TrialState, values: list[float] | None) -> None:
+    def after_trial(self, study: Study, trial: FrozenTrial, state: TrialState,
+                    values: Sequence[float] | None) -> None:
         self._of(trial).after_trial(study, trial, state, values)
 
     def reseed_rng(self) -> None:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import optuna
 from pydantic import Field, field_validator, model_validator
@@ -19,10 +19,11 @@ from pydantic import Field, field_validator, model_validator
 from thresh_opt import keys
 from thresh_opt.config import load_yaml, validate
 from thresh_opt.errors import ConfigError
+from thresh_opt.registry import SAMPLERS
+from thresh_opt.samplers.factory import check_sampler_options
 from thresh_opt.study.config import (
-    NEEDS_LEVELS,
-    BaselineConfig,
     REPO_DIR,
+    BaselineConfig,
     SamplerConfig,
     SearchSpaceConfig,
     StudyConfig,
@@ -31,20 +32,25 @@ from thresh_opt.study.config import (
     check_workers,
     load_space,
     load_study,
+    walks_levels,
 )
 from thresh_opt.study.driver import StudyRun, TrialCallback, evaluated, run_study
 
 DEFAULT_COMPARE = REPO_DIR / "studies" / "compare-embedded.yaml"
-DETERMINISTIC = ("greedy",)  # samplers whose trials do not depend on the seed: run once
 
 
 class CompareEntry(_Strict):
     """One contender: a sampler with its options, optionally on its own search space."""
 
     label: str | None = Field(None, pattern=r"^[A-Za-z0-9_.-]+$")
-    name: Literal["greedy", "hybrid", "tpe", "nsga2", "nsga3", "random", "gp"]
+    name: str
     options: dict[str, Any] = Field(default_factory=dict)
     search_space: str | None = None
+
+    @field_validator("name")
+    @classmethod
+    def _registered(cls, v: str) -> str:
+        return SAMPLERS.check(v)
 
     @property
     def key(self) -> str:
@@ -131,8 +137,6 @@ def load_compare(path: Path, overrides: dict[str, Any] | None = None,
     ccfg = validate(data, CompareConfig, str(path))
     template, template_space = load_study((path.parent / ccfg.study).resolve())
     default_space = load_space((path.parent / ccfg.search_space).resolve()) if ccfg.search_space else template_space
-    from thresh_opt.samplers.factory import check_sampler_options
-
     contenders = []
     for i, entry in enumerate(ccfg.samplers):
         sampler = SamplerConfig(name=entry.name, options=entry.options)
@@ -142,9 +146,10 @@ def load_compare(path: Path, overrides: dict[str, Any] | None = None,
         except ConfigError as exc:
             raise ConfigError(str(path), exc.field.replace("sampler.", f"samplers.{i}.", 1), exc.problem) from None
         space = load_space((path.parent / entry.search_space).resolve()) if entry.search_space else default_space
-        if entry.name in NEEDS_LEVELS and space.level_list() is None:
-            raise ConfigError(str(path), f"samplers.{i}.search_space", f"the {entry.name} sampler needs discrete levels")
-        seeds = ccfg.seeds[:1] if entry.name in DETERMINISTIC else ccfg.seeds
+        if walks_levels(entry.name) and space.level_list() is None:
+            raise ConfigError(str(path), f"samplers.{i}.search_space",
+                              f"the {entry.name} sampler needs discrete levels")
+        seeds = ccfg.seeds[:1] if SAMPLERS[entry.name].meta.get("deterministic") else ccfg.seeds
         for seed in seeds:
             cfg = template.model_copy(update={
                 "name": f"{ccfg.name}.{entry.key}.s{seed}", "sampler": sampler, "seed": seed, "trials": ccfg.trials,
@@ -166,7 +171,7 @@ def compare_run_dir(ccfg: CompareConfig) -> Path:
 def run_contender(c: Contender, run_dir: Path, executor: Any, source: str,
                   on_trial: TrialCallback | None = None) -> optuna.Study:
     """Run (or resume) one contender's study on a shared executor; wall time adds up over resumes."""
-    cfg = c.cfg.model_copy(update={"storage": str(run_dir / "optuna.journal")})
+    cfg = c.cfg.model_copy(update={"storage": str(run_dir / keys.JOURNAL_FILE)})
     run = StudyRun(cfg, c.space, run_dir / "studies" / c.study_name, source=source)
     executor.begin_study(c.space, c.cfg.sampler.name)
     began = time.perf_counter()
@@ -175,7 +180,8 @@ def run_contender(c: Contender, run_dir: Path, executor: Any, source: str,
     finally:
         try:
             existing = optuna.load_study(study_name=cfg.name, storage=run.storage())
-            existing.set_user_attr(keys.WALL_SECONDS, existing.user_attrs.get(keys.WALL_SECONDS, 0.0) + time.perf_counter() - began)
+            existing.set_user_attr(keys.WALL_SECONDS,
+                                   existing.user_attrs.get(keys.WALL_SECONDS, 0.0) + time.perf_counter() - began)
         except KeyError:
             pass
     return study

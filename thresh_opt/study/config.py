@@ -10,6 +10,8 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from thresh_opt.calibration import CalibrationSpec
 from thresh_opt.config import PACKAGE_DIR, load_config, load_yaml, validate
 from thresh_opt.errors import ConfigError
+from thresh_opt.registry import SAMPLERS
+from thresh_opt.samplers.factory import check_sampler_options
 
 REPO_DIR = PACKAGE_DIR.parent
 DEFAULT_STUDY = REPO_DIR / "studies" / "embedded-rwkv4.yaml"
@@ -19,8 +21,11 @@ LEVEL_LISTS = {
     "linear": [0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9],
     "geometric": [0.0, 0.80, 0.87, 0.92, 0.94, 0.96, 0.98, 0.99],
 }
-SAMPLERS = ("greedy", "hybrid", "tpe", "nsga2", "nsga3", "random", "gp")
-NEEDS_LEVELS = ("greedy", "hybrid")  # samplers that walk a discrete candidate list
+
+
+def walks_levels(sampler: str) -> bool:
+    """True for a sampler that walks a discrete candidate list (greedy, hybrid): it needs `levels`."""
+    return bool(SAMPLERS[sampler].meta.get("levels"))
 
 
 class _Strict(BaseModel):
@@ -54,7 +59,7 @@ class SearchSpaceConfig(_Strict):
         """The mapping the study uses with this sampler."""
         if self.statistics != "auto":
             return self.statistics
-        return "sequential" if sampler in NEEDS_LEVELS else "dense"
+        return "sequential" if walks_levels(sampler) else "dense"
 
     @field_validator("levels")
     @classmethod
@@ -71,11 +76,17 @@ class SearchSpaceConfig(_Strict):
             self.levels = None
         return self
 
+    def bounds(self) -> Range:
+        """The continuous range (a ValueError for a discrete space)."""
+        if self.range is None:
+            raise ValueError("a discrete search space has no range")
+        return self.range
+
     def level_list(self) -> list[float] | None:
         """The discrete levels (with 0.0), or None for a range."""
         if self.range is not None:
             return None
-        return LEVEL_LISTS[self.levels] if isinstance(self.levels, str) else list(self.levels)
+        return LEVEL_LISTS[self.levels] if isinstance(self.levels, str) else list(self.levels or [])
 
 
 class ModelConfig(_Strict):
@@ -110,10 +121,15 @@ class ConstraintConfig(_Strict):
 
 
 class SamplerConfig(_Strict):
-    """An Optuna sampler by name with its options (passed to its constructor)."""
+    """A registered sampler by name with its options (checked against its options model when the file loads)."""
 
-    name: Literal["greedy", "hybrid", "tpe", "nsga2", "nsga3", "random", "gp"] = "greedy"
+    name: str = "greedy"
     options: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("name")
+    @classmethod
+    def _registered(cls, v: str) -> str:
+        return SAMPLERS.check(v)
 
 
 class EvaluationConfig(_Strict):
@@ -168,7 +184,8 @@ class StudyConfig(_Strict):
     tracking_uri: str | None = None
     ray_address: str | None = None
     baselines: BaselineConfig = Field(default_factory=BaselineConfig)
-    tasks: list[str] = Field(default_factory=list)
+    tasks: list[str] = Field(default_factory=list)  # lm-eval names, task files, folders, NAME=FOLDER
+    include_path: list[str] = Field(default_factory=list)  # folders of lm-eval task files, loadable by name
     limit: int | None = Field(None, ge=1)
     profile: str | None = None
     evaluation: EvaluationConfig = Field(default_factory=EvaluationConfig)
@@ -205,15 +222,16 @@ def constraint_values(cfg: StudyConfig, values: dict[str, float], dense: dict[st
             out[f"{c.objective}<={c.max}"] = v - c.max
         elif c.min is not None:
             out[f"{c.objective}>={c.min}"] = c.min - v
-        else:
-            worse = dense[c.objective] - v if OBJECTIVES[c.objective].direction == "maximize" else v - dense[c.objective]
+        elif c.max_drop is not None:
+            worse = (dense[c.objective] - v if OBJECTIVES[c.objective].direction == "maximize"
+                     else v - dense[c.objective])
             out[f"{c.objective} drop<={c.max_drop}"] = worse - c.max_drop
     return out
 
 
 def check_loss_key(cfg: StudyConfig, source: str, field: str = "sampler.options.loss_key") -> None:
     """The greedy criterion must be an objective the study computes on every trial."""
-    if cfg.sampler.name not in NEEDS_LEVELS:
+    if not walks_levels(cfg.sampler.name):
         return
     key = cfg.sampler.options.get("loss_key", "calibration_loss")
     computed = objectives_needed(cfg)
@@ -236,22 +254,33 @@ def load_study(path: Path | None = None) -> tuple[StudyConfig, SearchSpaceConfig
     cfg = validate(load_yaml(path), StudyConfig, str(path))
     for i, o in enumerate(cfg.objectives):
         if o.name not in OBJECTIVES:
-            raise ConfigError(str(path), f"objectives.{i}.name", f"unknown objective {o.name!r}; allowed: {', '.join(OBJECTIVES)}")
+            raise ConfigError(str(path), f"objectives.{i}.name",
+                              f"unknown objective {o.name!r}; allowed: {', '.join(OBJECTIVES)}")
     names = [o.name for o in cfg.objectives]
     for i, c in enumerate(cfg.constraints):
         if c.objective not in OBJECTIVES:
-            raise ConfigError(str(path), f"constraints.{i}.objective", f"unknown objective {c.objective!r}; allowed: {', '.join(OBJECTIVES)}")
+            raise ConfigError(str(path), f"constraints.{i}.objective",
+                              f"unknown objective {c.objective!r}; allowed: {', '.join(OBJECTIVES)}")
     if len(set(names)) != len(names):
         raise ConfigError(str(path), "objectives", "an objective is listed twice")
     for i, name in enumerate(cfg.front_metrics):
         if name not in OBJECTIVES:
-            raise ConfigError(str(path), f"front_metrics.{i}", f"unknown objective {name!r}; allowed: {', '.join(OBJECTIVES)}")
+            raise ConfigError(str(path), f"front_metrics.{i}",
+                              f"unknown objective {name!r}; allowed: {', '.join(OBJECTIVES)}")
     used = names + [c.objective for c in cfg.constraints] + cfg.front_metrics
     if "accuracy" in used and not cfg.tasks:
         raise ConfigError(str(path), "tasks", "objective 'accuracy' needs lm-eval tasks (names or local folders)")
     from thresh_opt.objectives.evaluator import check_tasks
+    from thresh_opt.objectives.lm_eval_tasks import TASK_FILE_SUFFIXES
 
-    problem = check_tasks(cfg.tasks, used)
+    # task files and include folders are relative to the study file, like the search space
+    cfg.include_path = [str((path.parent / Path(d).expanduser()).resolve()) for d in cfg.include_path]
+    for i, d in enumerate(cfg.include_path):
+        if not Path(d).is_dir():
+            raise ConfigError(str(path), f"include_path.{i}", f"{d} is not a folder")
+    cfg.tasks = [str((path.parent / Path(t).expanduser()).resolve()) if Path(t).suffix.lower() in TASK_FILE_SUFFIXES
+                 and "=" not in t else t for t in cfg.tasks]
+    problem = check_tasks(cfg.tasks, used, cfg.include_path)
     if problem:
         raise ConfigError(str(path), "tasks", problem)
     if isinstance(cfg.search_space, str):
@@ -262,11 +291,10 @@ def load_study(path: Path | None = None) -> tuple[StudyConfig, SearchSpaceConfig
             space = validate(cfg.search_space, SearchSpaceConfig, str(path))
         except ConfigError as exc:
             raise ConfigError(str(path), f"search_space.{exc.field}", exc.problem) from None
-    from thresh_opt.samplers.factory import check_sampler_options
-
     check_sampler_options(cfg.sampler, str(path))
     check_loss_key(cfg, str(path))
     check_workers(cfg, str(path))
-    if cfg.sampler.name in NEEDS_LEVELS and space.range is not None:
-        raise ConfigError(str(path), "sampler.name", f"the {cfg.sampler.name} sampler needs a discrete search space (levels), not a range")
+    if walks_levels(cfg.sampler.name) and space.range is not None:
+        raise ConfigError(str(path), "sampler.name",
+                          f"the {cfg.sampler.name} sampler needs a discrete search space (levels), not a range")
     return cfg, space

@@ -5,25 +5,26 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Literal
 
 import optuna
+from optuna.exceptions import UpdateFinishedTrialError
 from optuna.storages import JournalStorage
 from optuna.storages.journal import JournalFileBackend
-from optuna.exceptions import UpdateFinishedTrialError
 from optuna.trial import FrozenTrial, Trial, TrialState
 
-from thresh_opt import analysis, keys
+from thresh_opt import analysis, compat, keys
 from thresh_opt.interrupts import check, interruptible
 from thresh_opt.objectives import OBJECTIVES
 from thresh_opt.samplers import SteppedSampler
 from thresh_opt.samplers.factory import make_sampler
 from thresh_opt.study.config import REPO_DIR, SearchSpaceConfig, StudyConfig, constraint_values, objectives_needed
-from thresh_opt.study.executors import Executor, WorkersLost
+from thresh_opt.study.contracts import Executor, WorkersLost
 from thresh_opt.study.liveness import GRACE, Lease, driver_lock, stale_trials
 from thresh_opt.study.space import SearchSpace
-from thresh_opt.study.worker import Gate, TrialResult
+from thresh_opt.study.worker import DenseReference, Gate, ModelInfo, TrialResult
 
 TrialCallback = Callable[[optuna.Study, FrozenTrial, TrialResult], None]
 FrontCallback = Callable[[int, dict[str, float]], None]
@@ -41,9 +42,9 @@ class StudyRun:
     @property
     def storage_url(self) -> str:
         """The storage: an RDB URL, a journal file, or the default journal in the run folder."""
-        if self.cfg.storage is None and self.run_dir is None:
-            return ":memory:"
-        return self.cfg.storage or str(self.run_dir / "optuna.journal")
+        if self.cfg.storage is not None:
+            return self.cfg.storage
+        return ":memory:" if self.run_dir is None else str(self.run_dir / keys.JOURNAL_FILE)
 
     def storage(self) -> optuna.storages.BaseStorage | str:
         """An Optuna storage object (journal files, memory) or URL (databases)."""
@@ -62,7 +63,7 @@ class StudyRun:
         return None if url == ":memory:" or "://" in url else url
 
     @property
-    def directions(self) -> list[str]:
+    def directions(self) -> list[Literal["minimize", "maximize"]]:
         """Optimization direction per study objective."""
         return [o.direction or OBJECTIVES[o.name].direction for o in self.cfg.objectives]
 
@@ -77,7 +78,7 @@ def _prune_stale(study: optuna.Study) -> None:
     rejected), so that samplers issue them again and the budget does not count them. Trials of live
     drivers (see `thresh_opt.study.liveness`) are left alone."""
     for t in stale_trials(study):
-        study._storage.set_trial_user_attr(t._trial_id, "error", "interrupted: the driver stopped during this trial")
+        compat.set_trial_user_attr(study, t, "error", "interrupted: the driver stopped during this trial")
         study.tell(t.number, state=TrialState.PRUNED)
 
 
@@ -87,22 +88,22 @@ def evaluated(trial: FrozenTrial) -> bool:
         trial.state == TrialState.PRUNED and keys.SKIPPED in trial.user_attrs)
 
 
-def _start_up(study: optuna.Study, cfg: StudyConfig, space: SearchSpace, info: dict, reference: dict,
+def _start_up(study: optuna.Study, cfg: StudyConfig, space: SearchSpace, info: ModelInfo, reference: DenseReference,
               executor: Executor) -> None:
     """Abandon stale trials, record the dense reference and the model on the study, and enqueue the
     baselines once."""
-    dense = reference["values"]
+    dense = reference.values
     _prune_stale(study)
     study.set_user_attr(keys.DENSE, dense)
-    study.set_user_attr(keys.REFERENCE_FE, study.user_attrs.get(keys.REFERENCE_FE, 0.0) + reference["forward_equivalents"])
-    study.set_user_attr(keys.DENSE_SPARSITY, reference["per_module_sparsity"])
-    study.set_user_attr(keys.GROUPS, info["groups"])
-    study.set_user_attr(keys.STATISTICS, info["statistics"])
-    if "hardware" in info:
+    study.set_user_attr(keys.REFERENCE_FE, study.user_attrs.get(keys.REFERENCE_FE, 0.0) + reference.forward_equivalents)
+    study.set_user_attr(keys.DENSE_SPARSITY, reference.per_module_sparsity)
+    study.set_user_attr(keys.GROUPS, info.groups)
+    study.set_user_attr(keys.STATISTICS, info.statistics)
+    if info.hardware is not None:
         profile = str(Path(cfg.profile).resolve()) if cfg.profile else None
-        study.set_user_attr(keys.HARDWARE, {**info["hardware"], "profile": profile})
+        study.set_user_attr(keys.HARDWARE, {**info.hardware, "profile": profile})
     study.set_user_attr(keys.OBJECTIVES, [o.name for o in cfg.objectives])
-    study.set_user_attr(keys.WORKERS, executor.placement())
+    study.set_user_attr(keys.WORKERS, [asdict(p) for p in executor.placement()])
     if not study.user_attrs.get(keys.BASELINES):
         if cfg.baselines.dense:
             study.enqueue_trial(space.uniform(0.0), skip_if_exists=True)
@@ -117,7 +118,7 @@ def run_study(run: StudyRun, executor: Executor, on_trial: TrialCallback | None 
     sampler is done; then measure the front metrics on the Pareto front."""
     cfg = run.cfg
     info = executor.info()
-    space = SearchSpace(run.space_cfg, info["groups"])
+    space = SearchSpace(run.space_cfg, info.groups)
     candidates = space.candidates() if run.space_cfg.level_list() is not None else None
     sampler = make_sampler(cfg.sampler, candidates, cfg.seed, cfg.trials, run.source)
     stepped = sampler if isinstance(sampler, SteppedSampler) else None
@@ -126,13 +127,15 @@ def run_study(run: StudyRun, executor: Executor, on_trial: TrialCallback | None 
     with Lease(study) as lease:
         with interruptible():
             reference = executor.dense()
-        dense = reference["values"]
+        dense = reference.values
         with driver_lock(run.journal_path):  # one driver of this run folder at a time
             _start_up(study, cfg, space, info, reference, executor)
         distributions = space.distributions()
         names = [o.name for o in cfg.objectives]
-        cheap = [(n, 1.0 if d == "minimize" else -1.0) for n, d in zip(names, run.directions) if not OBJECTIVES[n].expensive]
-        gating = cfg.evaluation.skip_expensive != "never" and any(OBJECTIVES[n].expensive for n in objectives_needed(cfg))
+        cheap = [(n, 1.0 if d == "minimize" else -1.0) for n, d in zip(names, run.directions)
+                 if not OBJECTIVES[n].expensive]
+        gating = (cfg.evaluation.skip_expensive != "never"
+                  and any(OBJECTIVES[n].expensive for n in objectives_needed(cfg)))
         running: dict[int, Trial] = {}
         budget_fe = cfg.max_forward_equivalents
         used = analysis.cost_totals(study)["forward_equivalents"]
@@ -175,7 +178,8 @@ def run_study(run: StudyRun, executor: Executor, on_trial: TrialCallback | None 
 
         def may_ask() -> bool:
             return (len(running) < executor.capacity and finished() < cfg.trials
-                    and (budget_fe is None or used < budget_fe) and not sampler_done() and not (running and must_wait()))
+                    and (budget_fe is None or used < budget_fe) and not sampler_done()
+                    and not (running and must_wait()))
 
         try:
             while True:
@@ -186,8 +190,8 @@ def run_study(run: StudyRun, executor: Executor, on_trial: TrialCallback | None 
                         executor.submit(trial.number, dict(trial.params), gate)
                 if not running:
                     if stepped is not None and not sampler_done() and study.get_trials(
-                            deepcopy=False, states=(TrialState.RUNNING,)):  # its next steps wait on another driver's trials
-                        time.sleep(0.5)
+                            deepcopy=False, states=(TrialState.RUNNING,)):
+                        time.sleep(0.5)  # its next steps wait on another driver's trials
                         with driver_lock(run.journal_path):
                             tidy()
                         continue
@@ -213,12 +217,14 @@ def run_study(run: StudyRun, executor: Executor, on_trial: TrialCallback | None 
             raise
         if sampler_done() and stepped is not None:
             finals = stepped.final_params(study)
-            by_params = {json.dumps(t.params, sort_keys=True): t for t in study.get_trials(states=(TrialState.COMPLETE,))}
+            by_params = {json.dumps(t.params, sort_keys=True): t
+                         for t in study.get_trials(states=(TrialState.COMPLETE,))}
             records = []
             for p in finals:
-                trial = by_params.get(json.dumps(p, sort_keys=True))  # the accepted configuration was evaluated
-                thresholds = json.loads(trial.user_attrs["thresholds"]) if trial and "thresholds" in trial.user_attrs else None
-                records.append({"params": p, "targets": space.targets(p), "trial": trial.number if trial else None,
+                done = by_params.get(json.dumps(p, sort_keys=True))  # the accepted configuration was evaluated
+                thresholds = (json.loads(done.user_attrs["thresholds"])
+                              if done and "thresholds" in done.user_attrs else None)
+                records.append({"params": p, "targets": space.targets(p), "trial": done.number if done else None,
                                 "thresholds": thresholds})
             study.set_user_attr(keys.FINAL, records)
         if cfg.front_metrics:
@@ -266,8 +272,9 @@ def measure_front(study: optuna.Study, executor: Executor, metrics: list[str],
         stored[str(t.number)] = {**known, **result.values}
         study.set_user_attr(keys.FRONT_METRICS, stored)
         cost = study.user_attrs.get(keys.FRONT_COST, {keys.FORWARD_EQUIVALENTS: 0.0, keys.SECONDS: 0.0})
-        study.set_user_attr(keys.FRONT_COST, {keys.FORWARD_EQUIVALENTS: cost[keys.FORWARD_EQUIVALENTS] + result.forward_equivalents,
-                                              keys.SECONDS: cost[keys.SECONDS] + result.seconds})
+        study.set_user_attr(keys.FRONT_COST,
+                            {keys.FORWARD_EQUIVALENTS: cost[keys.FORWARD_EQUIVALENTS] + result.forward_equivalents,
+                             keys.SECONDS: cost[keys.SECONDS] + result.seconds})
         measured.append(t.number)
         if on_front is not None:
             on_front(t.number, result.values)

@@ -1,49 +1,11 @@
 """Executors: where trials run. Serial (in the driver process) or Ray actors that load the model once
-(`thresh_opt.study.ray_executor`)."""
+(`thresh_opt.study.ray_executor`); both fulfil `thresh_opt.study.contracts.Executor`."""
 
 from __future__ import annotations
 
-from typing import Any, Protocol
-
 from thresh_opt.study.config import SearchSpaceConfig, StudyConfig
-from thresh_opt.study.worker import Gate, TrialResult, TrialWorker
-
-
-class WorkersLost(RuntimeError):  # noqa: N818 - reads as what happened
-    """Workers kept dying: more than the study's max_worker_restarts."""
-
-
-class Executor(Protocol):
-    """What the driver needs from an executor."""
-
-    capacity: int
-
-    def submit(self, number: int, params: dict[str, float], gate: Gate | None = None) -> None:
-        """Start evaluating a trial."""
-
-    def pending(self) -> int:
-        """Trials submitted and not yet returned by next_result."""
-
-    def next_result(self) -> tuple[int, TrialResult]:
-        """Block until one submitted trial is done."""
-
-    def begin_study(self, space_cfg: SearchSpaceConfig, sampler: str) -> None:
-        """Switch the search space of later trials; forget every pass but the dense model's."""
-
-    def dense(self) -> dict[str, Any]:
-        """The dense model's objective values and per-module sparsity."""
-
-    def info(self) -> dict[str, Any]:
-        """Modules, parameters, groups and the model's dimensions."""
-
-    def measure(self, thresholds: dict[str, float], names: list[str]) -> TrialResult:
-        """Objectives of one configuration, all of them, and what they cost."""
-
-    def placement(self) -> list[dict[str, Any]]:
-        """Where each worker runs (host, process, device, GPUs)."""
-
-    def close(self) -> None:
-        """Release workers."""
+from thresh_opt.study.contracts import Executor
+from thresh_opt.study.worker import DenseReference, Gate, ModelInfo, Placement, TrialResult, TrialWorker
 
 
 class SerialExecutor:
@@ -77,11 +39,11 @@ class SerialExecutor:
         """Switch the search space of later trials; forget every pass but the dense model's."""
         self.worker.begin_study(space_cfg, sampler)
 
-    def dense(self) -> dict[str, Any]:
+    def dense(self) -> DenseReference:
         """The dense reference from the worker."""
         return self.worker.dense()
 
-    def info(self) -> dict[str, Any]:
+    def info(self) -> ModelInfo:
         """Modules, parameters and groups."""
         return self.worker.info()
 
@@ -89,7 +51,7 @@ class SerialExecutor:
         """Objectives of one configuration, and what they cost."""
         return self.worker.measure(thresholds, names)
 
-    def placement(self) -> list[dict[str, Any]]:
+    def placement(self) -> list[Placement]:
         """The driver process itself."""
         return [self.worker.placement()]
 

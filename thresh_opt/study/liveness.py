@@ -29,7 +29,7 @@ from pathlib import Path
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from thresh_opt import keys
+from thresh_opt import compat, keys
 
 INTERVAL = 5.0  # seconds between lease refreshes
 GRACE = 60.0  # a lease this old (no refresh) means its driver is gone
@@ -48,7 +48,7 @@ class Lease:
     def _write(self, expires: float | None) -> None:
         s = self.study
         record = None if expires is None else {"expires": expires, "host": socket.gethostname(), "pid": os.getpid()}
-        s._storage.set_study_system_attr(s._study_id, self.key, record)
+        compat.set_study_system_attr(s, self.key, record)
 
     def _refresh(self) -> None:
         while not self._stop.wait(self.interval):
@@ -70,13 +70,13 @@ class Lease:
 
     def stamp(self, trial: optuna.Trial) -> None:
         """Mark a trial as this driver's."""
-        trial.study._storage.set_trial_system_attr(trial._trial_id, keys.DRIVER, self.driver)
+        compat.set_trial_system_attr(trial.study, trial, keys.DRIVER, self.driver)
 
 
 def stale_trials(study: optuna.Study, now: float | None = None) -> list[FrozenTrial]:
     """RUNNING trials whose driver is gone (its lease expired or ended) or unknown."""
     now = time.time() if now is None else now
-    leases = study._storage.get_study_system_attrs(study._study_id)
+    leases = compat.study_system_attrs(study)
     stale = []
     for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         driver = t.system_attrs.get(keys.DRIVER)
@@ -108,7 +108,7 @@ def driver_lock(storage_path: str | None) -> Iterator[None]:
     if storage_path is None:
         yield
         return
-    path = Path(storage_path + ".drivers.lock")
+    path = Path(storage_path + keys.DRIVERS_LOCK)
     with path.open("a") as f:
         fcntl.flock(f, fcntl.LOCK_EX)
         try:

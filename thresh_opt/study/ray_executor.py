@@ -13,11 +13,12 @@ import os
 import sys
 from collections import deque
 from collections.abc import Iterator
+from dataclasses import replace
 from typing import Any
 
 from thresh_opt.study.config import SearchSpaceConfig, StudyConfig
-from thresh_opt.study.executors import WorkersLost
-from thresh_opt.study.worker import Gate, TrialResult, TrialWorker
+from thresh_opt.study.contracts import WorkersLost
+from thresh_opt.study.worker import DenseReference, Gate, ModelInfo, Placement, TrialResult, TrialWorker
 
 CLUSTER_SWITCH = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
 AUTH_MODE = "RAY_AUTH_MODE"
@@ -73,7 +74,8 @@ class RayExecutor:
 
     REMEMBERED = 8  # configurations per actor the routing compares with (its engine keeps more)
 
-    def __init__(self, cfg: StudyConfig, space_cfg: SearchSpaceConfig, workers: int, address: str | None = None) -> None:
+    def __init__(self, cfg: StudyConfig, space_cfg: SearchSpaceConfig, workers: int,
+                 address: str | None = None) -> None:
         os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
         if address:
             _token_auth_for_clusters()
@@ -91,7 +93,8 @@ class RayExecutor:
                 with loopback_only():  # "local": a runtime of its own, even where a `ray start` cluster runs
                     ray.init(address="local", num_cpus=max(workers, os.cpu_count() or 1), **kwargs)
         self.cfg, self._space, self._sampler = cfg, space_cfg, cfg.sampler.name
-        self._actor_cls = ray.remote(num_cpus=1, num_gpus=cfg.gpus_per_worker or None)(TrialWorker)
+        # num_gpus None: no GPU (Ray's default), where 0 would also be accepted but reads as a request
+        self._actor_cls: Any = ray.remote(num_cpus=1, num_gpus=cfg.gpus_per_worker or None)(TrialWorker)  # type: ignore[arg-type]
         self.actors = [self._new_actor() for _ in range(workers)]
         self.capacity = workers
         self.deaths: list[str] = []
@@ -131,7 +134,7 @@ class RayExecutor:
         """The configuration's targets block by block (equal upstream targets: equal upstream thresholds)."""
         if self._layout is None:
             info = self.info()
-            self._layout = (info["groups"], info["blocks"])
+            self._layout = (info.groups, info.blocks)
         groups, blocks = self._layout
         rows: dict[int, list[float]] = {}
         for param, modules in groups.items():
@@ -183,17 +186,17 @@ class RayExecutor:
         for seen in self._seen:
             seen.clear()
 
-    def dense(self) -> dict[str, Any]:
+    def dense(self) -> DenseReference:
         """The dense reference from every actor (each keeps its dense passes): the first one's values, and
         the work of all of them."""
         refs = [self._call(a, "dense") for a in range(len(self.actors))]
-        return {**refs[0], "forward_equivalents": sum(r["forward_equivalents"] for r in refs)}
+        return replace(refs[0], forward_equivalents=sum(r.forward_equivalents for r in refs))
 
-    def info(self) -> dict[str, Any]:
+    def info(self) -> ModelInfo:
         """Modules, parameters and groups."""
         return self._call(0, "info")
 
-    def placement(self) -> list[dict[str, Any]]:
+    def placement(self) -> list[Placement]:
         """Where each actor runs: host, process, device, and the GPUs Ray gave it."""
         return [self._call(a, "placement") for a in range(len(self.actors))]
 

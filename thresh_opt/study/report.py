@@ -4,15 +4,14 @@ from __future__ import annotations
 
 import json
 from dataclasses import asdict, dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import optuna
 
-from thresh_opt import keys
-from thresh_opt import analysis
+from thresh_opt import analysis, keys
 from thresh_opt.study.compare import CompareConfig, evaluations
 
 
@@ -48,8 +47,8 @@ def summarize(label: str, seed: int, study: optuna.Study, trials: int) -> StudyS
     done = evaluations(study)
     fe = analysis.cost_history(study)
     return StudySummary(label, seed, study.study_name, analysis.hypervolume_history(study), done,
-                        len(analysis.pareto_front(study)), float(study.user_attrs.get(keys.WALL_SECONDS, 0.0)), done < trials,
-                        fe, fe[-1] if fe else 0.0)
+                        len(analysis.pareto_front(study)), float(study.user_attrs.get(keys.WALL_SECONDS, 0.0)),
+                        done < trials, fe, fe[-1] if fe else 0.0)
 
 
 def budget_columns(ccfg: CompareConfig) -> list[tuple[str, str]]:
@@ -64,7 +63,8 @@ def table(ccfg: CompareConfig, summaries: list[StudySummary]) -> list[dict[str, 
     for label in dict.fromkeys(s.label for s in summaries):
         mine = [s for s in summaries if s.label == label]
         row: dict[str, Any] = {"sampler": label, "seeds": len(mine)}
-        at = [*(lambda s, b=b: s.hv_at(b) for b in ccfg.budgets), *(lambda s, b=b: s.hv_at_fe(b) for b in ccfg.fe_budgets)]
+        at = [*(lambda s, b=b: s.hv_at(b) for b in ccfg.budgets),
+              *(lambda s, b=b: s.hv_at_fe(b) for b in ccfg.fe_budgets)]
         for (key, _), hv in zip(budget_columns(ccfg), at):
             values = np.array([hv(s) for s in mine])
             row[key] = {"mean": float(values.mean()), "std": float(values.std(ddof=1)) if len(mine) > 1 else 0.0}
@@ -94,7 +94,8 @@ def plot_history(summaries: list[StudySummary], trials: int, path: Path) -> Path
         ax.plot(x, grid.mean(axis=0), label=f"{label} ({len(mine)} seed{'s' if len(mine) > 1 else ''})")
         if len(mine) > 1:
             ax.fill_between(x, grid.min(axis=0), grid.max(axis=0), alpha=0.15)
-    ax.set(xlabel="trials (baselines included)", ylabel="hypervolume", title="hypervolume history (reference: dense model)")
+    ax.set(xlabel="trials (baselines included)", ylabel="hypervolume",
+           title="hypervolume history (reference: dense model)")
     ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
@@ -141,7 +142,7 @@ def markdown(ccfg: CompareConfig, rows: list[dict[str, Any]], summaries: list[St
              source: str, plots: list[Path]) -> str:
     """The comparison report."""
     lines = [f"# Comparison `{ccfg.name}`", "",
-             f"- File: `{source}`; written {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC",
+             f"- File: `{source}`; written {datetime.now(UTC):%Y-%m-%d %H:%M} UTC",
              f"- Budget: {ccfg.trials} trials per study, baselines included"
              + (f", at most {ccfg.forward_equivalents:g} forward-equivalents" if ccfg.forward_equivalents else "")
              + f"; seeds {ccfg.seeds} (deterministic samplers run once)",
@@ -163,7 +164,8 @@ def markdown(ccfg: CompareConfig, rows: list[dict[str, Any]], summaries: list[St
               "sampler finished before the budget keeps its last hypervolume.", ""]
     stopped = [s for s in summaries if s.sampler_finished]
     if stopped:
-        lines += ["Stopped early (sampler finished): " + ", ".join(f"{s.study} after {s.evaluations}" for s in stopped), ""]
+        lines += ["Stopped early (sampler finished): "
+                  + ", ".join(f"{s.study} after {s.evaluations}" for s in stopped), ""]
     lines += [f"![{p.stem}]({p.name})" for p in plots]
     return "\n".join(lines) + "\n"
 

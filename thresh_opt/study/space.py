@@ -40,7 +40,7 @@ class SearchSpace:
         """Optuna distributions for study.ask(fixed_distributions=...)."""
         levels = self.config.level_list()
         if levels is None:
-            r = self.config.range
+            r = self.config.bounds()
             return {p: FloatDistribution(r.low, r.high) for p in self.groups}
         return {p: CategoricalDistribution(levels) for p in self.groups}
 
@@ -55,10 +55,10 @@ class SearchSpace:
         """Every parameter at one level (snapped to the nearest discrete level, or clipped to the range)."""
         levels = self.config.level_list()
         if levels is None:
-            value = min(max(level, self.config.range.low), self.config.range.high)
+            value = min(max(level, self.config.bounds().low), self.config.bounds().high)
         else:
             value = min(levels, key=lambda x: abs(x - level))
-        return {p: value for p in self.groups}
+        return dict.fromkeys(self.groups, value)
 
     def targets(self, params: dict[str, float]) -> dict[str, float]:
         """Target sparsity per module (parameters not given are 0: dense)."""
@@ -80,7 +80,7 @@ class SearchSpace:
         for param, modules in self.groups.items():
             mean = sum(stats.sparsity_for(m, float(thresholds.get(m, 0.0))) for m in modules) / len(modules)
             if levels is None:
-                out[param] = min(max(mean, self.config.range.low), self.config.range.high)
+                out[param] = min(max(mean, self.config.bounds().low), self.config.bounds().high)
             else:
                 out[param] = min(levels, key=lambda x: abs(x - mean))
         return out

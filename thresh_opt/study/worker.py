@@ -12,6 +12,7 @@ import numpy as np
 from thresh_opt import keys
 from thresh_opt.incremental import Cost
 from thresh_opt.memory import release_free_memory
+from thresh_opt.registry import ARCHITECTURES
 from thresh_opt.study.config import SearchSpaceConfig, StudyConfig, constraint_values, objectives_needed
 
 if TYPE_CHECKING:
@@ -45,8 +46,51 @@ class TrialResult:
 
     def cost_attrs(self) -> dict[str, float]:
         """What the trial cost, as trial user attributes."""
-        return {keys.FORWARD_EQUIVALENTS: self.forward_equivalents, keys.SECONDS: self.seconds, keys.CACHE_MB: self.cache_mb,
+        return {keys.FORWARD_EQUIVALENTS: self.forward_equivalents, keys.SECONDS: self.seconds,
+                keys.CACHE_MB: self.cache_mb,
                 **{f"cost.{k}": float(v) for k, v in asdict(self.cost).items() if k != "seconds"}}
+
+
+@dataclass(frozen=True)
+class DenseReference:
+    """The dense model's objective values and per-module sparsity, and what computing them cost a worker
+    (0 when it knew them)."""
+
+    values: dict[str, float]
+    per_module_sparsity: dict[str, float]
+    forward_equivalents: float = 0.0
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """What the driver records about a worker's model and search space.
+
+    Args:
+        modules: thresholded module names, in the model's order.
+        params: the search space's parameters; groups: parameter -> its modules.
+        blocks: module -> its block.
+        statistics: how target sparsities become thresholds (dense or sequential).
+        hardware: the hardware model's dimensions and sites (None for an architecture without one).
+    """
+
+    modules: list[str]
+    params: list[str]
+    groups: dict[str, list[str]]
+    blocks: dict[str, int]
+    statistics: str
+    hardware: dict[str, Any] | None = None
+
+
+@dataclass(frozen=True)
+class Placement:
+    """Where a worker runs: host, process, its model's device and, inside a Ray actor, its node and the
+    GPUs Ray assigned."""
+
+    host: str
+    pid: int
+    device: str
+    node: str | None = None
+    gpus: list[str] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -96,7 +140,7 @@ class TrialWorker:
         ev = cfg.evaluation
         self.evaluator = Evaluator(self.loaded, self.needed + [o for o in cfg.front_metrics if o not in self.needed],
                                    calibration=cfg.calibration, tasks=cfg.tasks, limit=cfg.limit, profile=cfg.profile,
-                                   cache=cache,
+                                   cache=cache, include_path=cfg.include_path,
                                    batch_size=ev.batch_size, cache_mb=ev.cache_mb, incremental=ev.incremental)
         self.engine = self.evaluator.engine
         self.begin_study(space_cfg, cfg.sampler.name)
@@ -121,7 +165,7 @@ class TrialWorker:
         (which also gives the dense reference), then cached."""
         from thresh_opt.calibration.stats import read_stats, stats_cache_path, write_stats
 
-        dense = {name: 0.0 for name in self.loaded.thresholded.names}
+        dense = dict.fromkeys(self.loaded.thresholded.names, 0.0)
         path = stats_cache_path(self.loaded, self.cfg.calibration, cache=self.evaluator.cache, thresholds=dense)
         stats = read_stats(path)
         if stats is not None and stats.levels == self.engine.levels:
@@ -129,15 +173,15 @@ class TrialWorker:
         else:
             write_stats(path, self.engine.dense_stats())
 
-    def dense(self) -> dict[str, Any]:
+    def dense(self) -> DenseReference:
         """The dense model's objective values and per-module sparsity (computed once per worker), and what
         computing them cost here (0 when known)."""
         before = replace(self.engine.cost)
         if self.statistics == "dense":
             self._dense_stats()
         reference = self.evaluator.dense
-        return {"values": dict(reference.values), "per_module_sparsity": reference.per_module_sparsity,
-                "forward_equivalents": self.engine.cost.since(before).forward_equivalents}
+        return DenseReference(dict(reference.values), dict(reference.per_module_sparsity),
+                              self.engine.cost.since(before).forward_equivalents)
 
     def _reason(self, gate: Gate, values: dict[str, float]) -> str | None:
         """Why the expensive objectives cannot matter for these cheap values, or None."""
@@ -170,8 +214,8 @@ class TrialWorker:
             reason = (lambda values: self._reason(gate, values)) if gate is not None else None
             ev = self.evaluator.evaluate(thresholds, only=self.needed, gate=reason, first=gate.key if gate else None)
             return TrialResult(ev.values, thresholds, ev.per_module_sparsity, time.perf_counter() - started,
-                               skipped=ev.skipped, cost=self._spent(before, started), start_block=self.engine.last_start,
-                               cache_mb=self.engine.usage().mb)
+                               skipped=ev.skipped, cost=self._spent(before, started),
+                               start_block=self.engine.last_start, cache_mb=self.engine.usage().mb)
         except Exception as exc:  # noqa: BLE001 - stored as a FAIL trial with its error; the study goes on
             last = traceback.format_exception_only(type(exc), exc)[-1].strip()
             return TrialResult(seconds=time.perf_counter() - started, error=last, cost=self._spent(before, started))
@@ -189,33 +233,32 @@ class TrialWorker:
         return TrialResult({n: ev.values[n] for n in names}, thresholds, ev.per_module_sparsity,
                            time.perf_counter() - started, cost=self._spent(before, started))
 
-    def placement(self) -> dict[str, Any]:
+    def placement(self) -> Placement:
         """Where this worker runs: host, process, the device its model is on and, inside a Ray actor, its
         node and the GPUs Ray assigned (Ray sets CUDA_VISIBLE_DEVICES to them, so 'cuda' is the first)."""
         import os
         import socket
 
-        where: dict[str, Any] = {"host": socket.gethostname(), "pid": os.getpid(),
-                                 "device": str(next(self.loaded.model.parameters()).device)}
+        here = Placement(socket.gethostname(), os.getpid(), str(next(self.loaded.model.parameters()).device))
         try:
             import ray
         except ImportError:
-            return where
-        if ray.is_initialized():
-            context = ray.get_runtime_context()
-            where["node"] = context.get_node_id()
-            where["gpus"] = [str(g) for g in context.get_accelerator_ids().get("GPU", [])]
-        return where
+            return here
+        if not ray.is_initialized():
+            return here
+        context = ray.get_runtime_context()
+        return replace(here, node=context.get_node_id(),
+                       gpus=[str(g) for g in context.get_accelerator_ids().get("GPU", [])])
 
-    def info(self) -> dict[str, Any]:
+    def info(self) -> ModelInfo:
         """What the driver records about the model and space."""
         tm = self.loaded.thresholded
-        info: dict[str, Any] = {"modules": tm.names, "params": self.space.params, "groups": self.space.groups,
-                                "blocks": {s.name: s.block for s in tm.sites}, "statistics": self.statistics}
-        if self.loaded.thresholded.spec.arch in ("rwkv4", "opt"):
+        hardware = None
+        if tm.spec.arch in ARCHITECTURES:  # it has a hardware model
             from thresh_opt.objectives.hardware_cost import model_dims
 
             dims, _ = model_dims(self.loaded)
-            info["hardware"] = {"dims": dims.to_dict(), "sites": [
-                {"name": s.name, "kind": s.kind, "block": s.block, "macs": s.macs} for s in self.loaded.thresholded.sites]}
-        return info
+            hardware = {"dims": dims.to_dict(), "sites": [
+                {"name": s.name, "kind": s.kind, "block": s.block, "macs": s.macs} for s in tm.sites]}
+        return ModelInfo(list(tm.names), list(self.space.params), dict(self.space.groups),
+                         {s.name: s.block for s in tm.sites}, self.statistics, hardware)

@@ -64,7 +64,8 @@ def split_text(name: str, text: str) -> TextSplit:
     if len(lines) < BLOCK_LINES * HELDOUT_EVERY:  # too short for whole blocks: hold out the last 5%
         cut = max(1, len(lines) // HELDOUT_EVERY)
         return TextSplit(name=name, train="\n".join(lines[:-cut]), heldout="\n".join(lines[-cut:]))
-    train, heldout = [], []
+    train: list[str] = []
+    heldout: list[str] = []
     for start in range(0, len(lines), BLOCK_LINES):
         block = lines[start : start + BLOCK_LINES]
         is_heldout = (start // BLOCK_LINES) % HELDOUT_EVERY == HELDOUT_EVERY - 1

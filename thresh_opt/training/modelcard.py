@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from thresh_opt.registry import ARCHITECTURES
+
 LICENCES = {
     "kjv": "King James Bible (Debian package bible-kjv-text), one verse per line: public domain",
     "kjv-print": "King James Bible (Debian package bible-kjv-text) in the `bible` tool's print layout "
@@ -23,7 +25,7 @@ def write_model_card(model_dir: Path) -> Path:
     record = json.loads((model_dir / "training.json").read_text())
     config = json.loads((model_dir / "config.json").read_text())
     cfg, m = record["config"], record["metrics"]
-    arch = {"rwkv4": "RWKV-4 (transformers RwkvForCausalLM)", "opt": "OPT (transformers OPTForCausalLM)"}[cfg["arch"]]
+    arch = ARCHITECTURES[cfg["arch"]].target.label
     sources = "\n".join(f"- {_source_line(s)}" for s in cfg["sources"])
     hours = m["training_seconds"] / 3600
     stopped = "" if m["steps"] >= cfg["max_steps"] else f"; this run was stopped by its time limit at step {m['steps']}"
@@ -31,16 +33,20 @@ def write_model_card(model_dir: Path) -> Path:
         ["thresh-opt model train", f"--arch {cfg['arch']}", "--out runs/train"]
         + [f"--source {s if s in LICENCES else '../shared/data/calibration/' + Path(s).name}" for s in cfg["sources"]]
         + [f"--{k.replace('_', '-')} {cfg[k]}" for k in ("layers", "hidden", "heads", "vocab_size", "ctx_len",
-                                                          "batch_size", "lr", "weight_decay", "warmup_steps", "seed", "threads")]
+                                                          "batch_size", "lr", "weight_decay", "warmup_steps", "seed",
+                                                          "threads")]
         + [f"--steps {cfg['max_steps']}"]
     )
+    heads = ", " + str(cfg["heads"]) + " heads" if ARCHITECTURES[cfg["arch"]].target.heads_attr else ""
+    warmup_steps, weight_decay = cfg["warmup_steps"], cfg["weight_decay"]
+    threads = cfg["threads"] or "default"
     card = f"""# {model_dir.parent.name if model_dir.name == 'model' else model_dir.name}
 
 A small {arch} trained from scratch by thresh-opt (`thresh-opt model train`), so that the toolkit runs
 offline. It is a test subject for activation thresholds, not a useful language model.
 
 ## Architecture
-- {cfg['layers']} blocks, hidden size {cfg['hidden']}, feed-forward {4 * cfg['hidden']}{', ' + str(cfg['heads']) + ' heads' if cfg['arch'] == 'opt' else ''}
+- {cfg['layers']} blocks, hidden size {cfg['hidden']}, feed-forward {4 * cfg['hidden']}{heads}
 - vocabulary {config['vocab_size']} (byte-level BPE trained on the training split)
 - {m['parameters']:,} parameters, stored as float16 safetensors
 
@@ -52,8 +58,8 @@ Held-out split: every 20th block of 100 lines of each source (5%), never seen in
 
 ## Training
 - {m['steps']:,} steps of {cfg['batch_size']} x {cfg['ctx_len']} tokens: {m['tokens_seen']:,} tokens seen
-- AdamW, peak learning rate {cfg['lr']}, {cfg['warmup_steps']} warm-up steps then cosine decay, weight decay {cfg['weight_decay']}
-- seed {cfg['seed']}, {cfg['threads'] or 'default'} CPU thread(s), {m['training_seconds']:,.0f} s ({hours:.2f} h) of training
+- AdamW, peak learning rate {cfg['lr']}, {warmup_steps} warm-up steps then cosine decay, weight decay {weight_decay}
+- seed {cfg['seed']}, {threads} CPU thread(s), {m['training_seconds']:,.0f} s ({hours:.2f} h) of training
 
 Reproduce (seeded: the same command gives the same weights{stopped}):
 

@@ -6,17 +6,20 @@ import json
 import math
 import random
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Any
 
 import numpy as np
 import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-from transformers import OPTConfig, OPTForCausalLM, PreTrainedTokenizerFast, RwkvConfig, RwkvForCausalLM
+from transformers import PreTrainedModel, PreTrainedTokenizerFast
 
+from thresh_opt.architectures import SmallModel
 from thresh_opt.errors import UserError
 from thresh_opt.objectives.text import mean_loss, next_word_accuracy, next_word_examples, perplexity, token_chunks
+from thresh_opt.registry import ARCHITECTURES
 from thresh_opt.training.corpus import load_corpus
 
 EOS = "<|endoftext|>"
@@ -27,7 +30,7 @@ PAD = "<|pad|>"
 class TrainConfig:
     """Everything that determines a training run (same config + seed -> same model)."""
 
-    arch: str = "rwkv4"  # rwkv4 | opt
+    arch: str = "rwkv4"  # a registered architecture (thresh_opt.architectures)
     layers: int = 6
     hidden: int = 256
     heads: int = 4  # opt only
@@ -60,38 +63,14 @@ def train_tokenizer(texts: list[str], vocab_size: int) -> PreTrainedTokenizerFas
     return PreTrainedTokenizerFast(tokenizer_object=tok, eos_token=EOS, bos_token=EOS, unk_token=EOS, pad_token=PAD)
 
 
-def build_model(cfg: TrainConfig, tokenizer: PreTrainedTokenizerFast) -> torch.nn.Module:
+def build_model(cfg: TrainConfig, tokenizer: PreTrainedTokenizerFast) -> PreTrainedModel:
     """A freshly initialised model of the configured architecture."""
-    common = dict(vocab_size=len(tokenizer), bos_token_id=tokenizer.eos_token_id, eos_token_id=tokenizer.eos_token_id)
-    if cfg.arch == "rwkv4":
-        if cfg.layers < 2:
-            raise UserError("--layers: RWKV-4 needs at least 2 blocks (its initialisation interpolates over depth)")
-        config = RwkvConfig(
-            hidden_size=cfg.hidden,
-            attention_hidden_size=cfg.hidden,
-            intermediate_size=4 * cfg.hidden,
-            num_hidden_layers=cfg.layers,
-            context_length=1024,
-            rescale_every=0,  # no in-place weight rescaling at inference: thresholds see stable tensors
-            tie_word_embeddings=False,
-            **common,
-        )
-        return RwkvForCausalLM(config)
-    if cfg.arch == "opt":
-        config = OPTConfig(
-            hidden_size=cfg.hidden,
-            word_embed_proj_dim=cfg.hidden,
-            ffn_dim=4 * cfg.hidden,
-            num_hidden_layers=cfg.layers,
-            num_attention_heads=cfg.heads,
-            max_position_embeddings=1024,
-            dropout=0.0,
-            attention_dropout=0.0,
-            pad_token_id=tokenizer.pad_token_id,
-            **common,
-        )
-        return OPTForCausalLM(config)
-    raise UserError(f"arch {cfg.arch!r} is not trainable here: use 'rwkv4' or 'opt'")
+    if cfg.arch not in ARCHITECTURES:
+        raise UserError(f"arch {cfg.arch!r} is not trainable here; allowed: {', '.join(ARCHITECTURES.names())}")
+    if cfg.arch == "rwkv4" and cfg.layers < 2:
+        raise UserError("--layers: RWKV-4 needs at least 2 blocks (its initialisation interpolates over depth)")
+    size = SmallModel(cfg.layers, cfg.hidden, cfg.heads, len(tokenizer), tokenizer.eos_token_id, tokenizer.pad_token_id)
+    return ARCHITECTURES[cfg.arch].target.build(size)
 
 
 def _lr_at(cfg: TrainConfig, step: int) -> float:
@@ -136,7 +115,7 @@ def train(
     model = build_model(cfg, tokenizer)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=(0.9, 0.99), weight_decay=cfg.weight_decay)
     gen = torch.Generator().manual_seed(cfg.seed)
-    state = {"step": 0, "seconds": 0.0, "tokens": 0, "history": []}
+    state: dict[str, Any] = {"step": 0, "seconds": 0.0, "tokens": 0, "history": []}
     ckpt = out_dir / "checkpoint"
     if (ckpt / "state.json").exists():
         model.load_state_dict(torch.load(ckpt / "model.pt", weights_only=True))
@@ -190,7 +169,7 @@ def train(
 
 def export(
     cfg: TrainConfig,
-    model: torch.nn.Module,
+    model: PreTrainedModel,
     tokenizer: PreTrainedTokenizerFast,
     heldout_text: str,
     heldout_chunks: torch.Tensor,

@@ -1,0 +1,173 @@
+"""Every sampler a study file can name, declared once: its class, its options model and how it is built.
+
+Metadata of an entry:
+    levels: walks a discrete candidate list (needs `levels`, not a `range`, and sequential statistics).
+    deterministic: its trials do not depend on the seed (a comparison runs it once).
+    hybrid_base: can be the hybrid's base sampler.
+    build: (options, BuildContext) -> sampler.
+
+The options of Optuna's samplers are read from their constructors, so every option Optuna adds is
+accepted as it is; those that take a Python object (a sampler, a function, an array) are rejected with a
+pointer to the Python API.
+"""
+
+from __future__ import annotations
+
+import builtins
+import inspect
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import optuna
+from pydantic import BaseModel, ConfigDict, Field, create_model, field_validator
+
+from thresh_opt.errors import ConfigError
+from thresh_opt.registry import SAMPLERS
+from thresh_opt.samplers._greedy import GreedySampler
+from thresh_opt.samplers._greedy_state import tolerances
+from thresh_opt.samplers._hybrid import HybridSampler
+
+
+@dataclass(frozen=True)
+class BuildContext:
+    """What building a sampler may need besides its options."""
+
+    candidates: dict[str, list[float]] | None  # parameter -> discrete levels (None for a range)
+    seed: int
+    trials: int  # the study's trial budget
+    source: str  # the study file, for messages
+
+
+def population_for_budget(trials: int) -> int:
+    """NSGA population for a trial budget: about six generations, between 4 and 50 (Optuna's default)."""
+    return max(4, min(50, trials // 6))
+
+
+GREEDY_ORDERS = ("forward", "reverse")
+
+
+class _Options(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class GreedyOptions(_Options):
+    """Options of the greedy sampler (GreedySampler's constructor, plus the module order)."""
+
+    loss_inc: float | list[float] = 1.0005
+    loss_key: str = "calibration_loss"
+    warm_start: bool = True
+    keep_first: bool = False
+    warn_independent_sampling: bool = True
+    order: str = "forward"  # front to back as published, or back to front
+
+    @field_validator("order")
+    @classmethod
+    def _order(cls, v: str) -> str:
+        if v not in GREEDY_ORDERS:
+            raise ValueError(f"{v!r}; allowed: {', '.join(GREEDY_ORDERS)}")
+        return v
+
+    @field_validator("loss_inc")
+    @classmethod
+    def _tolerances(cls, v: float | list[float]) -> float | list[float]:
+        tolerances(v)  # ValueError with the reason
+        return v
+
+
+class HybridOptions(GreedyOptions):
+    """The hybrid's own options; the rest are its greedy sampler's."""
+
+    loss_inc: float | list[float] = Field(default_factory=lambda: [1.001, 1.003, 1.01])
+    base: str = "nsga2"
+    base_options: dict[str, Any] = Field(default_factory=dict)
+    greedy_share: float = Field(0.5, ge=0.0, le=1.0)
+
+    @field_validator("base")
+    @classmethod
+    def _base(cls, v: str) -> str:
+        bases = SAMPLERS.where(hybrid_base=True)
+        if v not in bases:
+            raise ValueError(f"{v!r}; allowed: {', '.join(bases)}")
+        return v
+
+    def greedy_options(self) -> dict[str, Any]:
+        """The options that go to the hybrid's greedy sampler."""
+        own = set(HybridOptions.model_fields) - set(GreedyOptions.model_fields)
+        return self.model_dump(exclude=own)
+
+
+def _parameters(cls: type) -> list[inspect.Parameter]:
+    return list(inspect.signature(cls).parameters.values())
+
+
+def python_only(cls: type) -> tuple[str, ...]:
+    """Constructor options that take a Python object: their annotation names more than builtins."""
+    out = []
+    for p in _parameters(cls):
+        if p.name in ("self", "search_space") or not isinstance(p.annotation, str):
+            continue
+        try:
+            eval(p.annotation, {"__builtins__": builtins})
+        except Exception:  # noqa: BLE001 - NameError (a class such as BaseSampler) and the like
+            out.append(p.name)
+    return tuple(out)
+
+
+def options_model(cls: type) -> type[BaseModel]:
+    """A pydantic model of a sampler constructor's study-file options, typed where the annotation is a
+    builtin type (the Python-object options are left out: see `python_only`)."""
+    objects = python_only(cls)
+    fields: dict[str, Any] = {}
+    for p in _parameters(cls):
+        if p.name in ("self", "search_space") or p.name in objects:
+            continue
+        try:
+            kind = eval(p.annotation, {"__builtins__": builtins}) if isinstance(p.annotation, str) else Any
+        except Exception:  # noqa: BLE001
+            kind = Any
+        fields[p.name] = (kind, None if p.default is inspect.Parameter.empty else p.default)
+    return create_model(f"{cls.__name__}Options", __config__=ConfigDict(extra="forbid"), **fields)
+
+
+def _greedy(options: GreedyOptions, ctx: BuildContext) -> GreedySampler:
+    if ctx.candidates is None:
+        raise ConfigError(ctx.source, "sampler.name", "the greedy sampler needs a discrete search space")
+    opts = options.model_dump(exclude_unset=True)
+    names = list(ctx.candidates)[:: -1 if opts.pop("order", "forward") == "reverse" else 1]
+    return GreedySampler({n: ctx.candidates[n] for n in names}, **opts)
+
+
+def _hybrid(options: HybridOptions, ctx: BuildContext) -> HybridSampler:
+    greedy = _greedy(GreedyOptions(**options.greedy_options()), ctx)
+    base_entry = SAMPLERS[options.base]
+    base = base_entry.meta["build"](base_entry.options.model_validate(options.base_options), ctx)
+    return HybridSampler(greedy, base, greedy_trials=round(options.greedy_share * ctx.trials))
+
+
+def _optuna(cls: type, population: bool = False) -> Callable[[BaseModel, BuildContext], optuna.samplers.BaseSampler]:
+    def build(options: BaseModel, ctx: BuildContext) -> optuna.samplers.BaseSampler:
+        opts = options.model_dump(exclude_unset=True)
+        opts.setdefault("seed", ctx.seed)
+        if population:
+            opts.setdefault("population_size", population_for_budget(ctx.trials))
+        return cls(**opts)
+
+    return build
+
+
+_GREEDY_OBJECTS = tuple(n for n in python_only(GreedySampler) if n not in GreedyOptions.model_fields)
+SAMPLERS.register("greedy", GreedySampler, GreedyOptions, levels=True, deterministic=True, build=_greedy,
+                  python_only=_GREEDY_OBJECTS, description="the published sequential greedy search (design.md 1.3)")
+SAMPLERS.register("hybrid", HybridSampler, HybridOptions, levels=True, build=_hybrid, python_only=_GREEDY_OBJECTS,
+                  description="greedy passes at several tolerances, then a base sampler seeded with them")
+for _name, _cls, _population, _what in [
+    ("tpe", optuna.samplers.TPESampler, False, "Optuna's tree-structured Parzen estimator"),
+    ("nsga2", optuna.samplers.NSGAIISampler, True, "Optuna's NSGA-II"),
+    ("nsga3", optuna.samplers.NSGAIIISampler, True, "Optuna's NSGA-III"),
+    ("random", optuna.samplers.RandomSampler, False, "Optuna's random sampler"),
+    ("gp", optuna.samplers.GPSampler, False, "Optuna's Gaussian-process sampler"),
+]:
+    SAMPLERS.register(_name, _cls, options_model(_cls), hybrid_base=True, build=_optuna(_cls, _population),
+                      python_only=python_only(_cls), description=_what)
+
