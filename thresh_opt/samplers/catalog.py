@@ -27,6 +27,7 @@ from thresh_opt.registry import SAMPLERS
 from thresh_opt.samplers._greedy import GreedySampler
 from thresh_opt.samplers._greedy_state import tolerances
 from thresh_opt.samplers._hybrid import HybridSampler
+from thresh_opt.samplers._sensitivity import SensitivitySampler
 
 
 @dataclass(frozen=True)
@@ -171,3 +172,22 @@ for _name, _cls, _population, _what in [
     SAMPLERS.register(_name, _cls, options_model(_cls), hybrid_base=True, build=_optuna(_cls, _population),
                       python_only=python_only(_cls), description=_what)
 
+
+class SensitivityOptions(_Options):
+    """Options of the sensitivity-allocation sampler (SensitivitySampler's constructor)."""
+
+    loss_key: str = "calibration_loss"
+    front_size: int = Field(16, ge=1)
+    warn_independent_sampling: bool = True
+
+
+def _sensitivity(options: SensitivityOptions, ctx: BuildContext) -> SensitivitySampler:
+    if ctx.candidates is None:
+        raise ConfigError(ctx.source, "sampler.name", "the sensitivity sampler needs a discrete search space")
+    return SensitivitySampler(ctx.candidates, **options.model_dump(exclude_unset=True))
+
+
+SAMPLERS.register("sensitivity", SensitivitySampler, SensitivityOptions, levels=True, deterministic=True,
+                  build=_sensitivity, python_only=tuple(n for n in python_only(SensitivitySampler)
+                                                        if n not in SensitivityOptions.model_fields),
+                  description="each module alone at each level, then the Lagrangian allocation front")

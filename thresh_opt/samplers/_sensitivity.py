@@ -1,0 +1,406 @@
+"""SensitivitySampler: measure each parameter alone, then evaluate the Lagrangian allocation front."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from numbers import Real
+from typing import TYPE_CHECKING, Any
+
+from optuna.logging import get_logger
+from optuna.samplers import BaseSampler, RandomSampler
+from optuna.trial import TrialState
+
+from thresh_opt import compat
+from thresh_opt.samplers import allocation
+
+if TYPE_CHECKING:
+    from collections.abc import Mapping, Sequence
+
+    from optuna.distributions import BaseDistribution
+    from optuna.study import Study
+    from optuna.trial import FrozenTrial
+
+    from thresh_opt.samplers._greedy_state import Acceptance
+
+_logger = get_logger(__name__)
+
+# System attributes stamped on every trial the sampler issues.
+ROLE = "sensitivity:role"  # "dense" | "probe" | "front" | "wait" | "finished"
+PARAMS = "sensitivity:params"  # the whole assignment of the trial
+PARAM = "sensitivity:param"  # a probe's parameter (None otherwise)
+LEVEL = "sensitivity:level"  # a probe's level (None otherwise)
+PREDICTED = "sensitivity:predicted"  # a front trial's prediction: {"gain", "loss_increase", "lambda"}
+
+Key = tuple[float, ...]  # the owned parameters' values, in search-space order
+
+
+def _finite(value: object) -> float | None:
+    if isinstance(value, Real) and not isinstance(value, bool) and math.isfinite(value):
+        return float(value)
+    return None
+
+
+@dataclass
+class _Result:
+    loss: float | None  # None: the evaluation failed, or stored no finite loss
+    sparsity: float | None
+
+
+@dataclass
+class _State:
+    """What the stored trials say, and what follows from it."""
+
+    results: dict[Key, _Result] = field(default_factory=dict)
+    pending: set[Key] = field(default_factory=set)  # RUNNING, or enqueued and WAITING
+    dense_loss: float | None = None
+    front: list[allocation.Allocation] | None = None  # the selected front (None until phase 1 is done)
+    gains_measured: bool = False
+
+
+class SensitivitySampler(BaseSampler):
+    """Sensitivity allocation: each parameter alone at each level, then the Lagrangian front.
+
+    Phase 1 evaluates the dense configuration (every parameter at 0.0) and every *probe*: one parameter
+    at one positive level, all others at 0.0 (``sum(len(levels) - 1)`` trials). Each probe gives that
+    level's loss increase over the dense loss (user attribute ``loss_key``) and its gain: by default the
+    increase of the measured user attribute ``sparsity_key`` over the dense trial's (for a study, the
+    MAC-weighted model-wide sparsity: exact for the probe, no weights needed), or ``weights[param] x level``
+    when ``weights`` is given. Phase 2 assumes both add up over parameters and evaluates configurations
+    of the Lagrangian front (:func:`thresh_opt.samplers.allocation.front`: each parameter at the level
+    maximizing ``gain - lam x loss increase``, for every multiplier ``lam`` at which some choice
+    changes), at most ``front_size`` of them spread evenly along it (the all-dense one excluded: it is
+    the dense trial). Then :meth:`is_finished` is True.
+
+    Example:
+
+        .. testcode::
+
+            import optuna
+            from optuna.distributions import CategoricalDistribution
+
+            from thresh_opt.samplers import SensitivitySampler
+
+            weights = {"blocks.0.att.key": 0.002, "blocks.0.ffn.key": 0.05, "blocks.1.att.key": 0.004}
+            levels = [0.0, 0.3, 0.6, 0.9]
+            sampler = SensitivitySampler({name: levels for name in weights}, front_size=4)
+            study = optuna.create_study(sampler=sampler)
+            distributions = {name: CategoricalDistribution(levels) for name in weights}
+            while not sampler.is_finished(study):
+                trial = study.ask(distributions)
+                loss = 3.0 * (1 + sum(w * trial.params[n] ** 2 for n, w in weights.items()))
+                trial.set_user_attr("calibration_loss", loss)
+                trial.set_user_attr("sparsity", sum(trial.params.values()) / 3)
+                study.tell(trial, loss)
+            print(len(study.trials), sampler.final_params(study)[0])
+
+    No state is kept in the sampler: results are read from the stored trials by configuration (any
+    finished trial whose owned parameters match, so an enqueued dense baseline is the dense trial and a
+    configuration is never issued twice), and :meth:`before_trial` stamps what it proposes into the
+    trial's system attributes ``sensitivity:role`` (``"dense"``, ``"probe"``, ``"front"``, ``"wait"``,
+    ``"finished"``), ``sensitivity:params``, ``sensitivity:param`` and ``sensitivity:level`` (a probe's)
+    and ``sensitivity:predicted`` (a front trial's predicted gain and loss increase, and its
+    multiplier). A RUNNING trial of a configuration, or an enqueued one still WAITING, counts as issued.
+    A new sampler on the same storage continues where the old one stopped.
+
+    Note:
+        Trial states: COMPLETE gives the loss in ``loss_key`` (missing or not finite: a failed level);
+        FAIL is a failed level, never chosen in phase 2 (a failed dense trial is issued again); PRUNED with a
+        finite loss counts by it; PRUNED without one (abandoned) is issued again. Phase 1's trials can all
+        run at once; phase 2 waits for all of them (:meth:`needs_wait`), then its trials can all run at
+        once. A trial asked while nothing can be issued repeats the dense configuration (``"wait"``), or,
+        once finished, the front's last configuration (``"finished"``): it is evaluated already.
+
+    Args:
+        search_space:
+            Parameter name -> levels (target sparsities, non-negative). 0.0 is added when missing;
+            duplicates are dropped. The dict order is the order of the probes.
+        loss_key:
+            The trial user attribute holding the loss the allocation reads.
+        front_size:
+            The most front configurations phase 2 evaluates (>= 1).
+        weights:
+            Parameter name -> gain weight (e.g. its share of the MACs): gain = weight x level. Default:
+            the measured ``sparsity_key`` increase of each probe; when a probe or the dense trial lacks it,
+            every parameter's weight is 1 / (number of parameters).
+        sparsity_key:
+            The trial user attribute holding the measured sparsity (the gain without ``weights``).
+        independent_sampler:
+            Samples the parameters it does not own (not in ``search_space``, or asked on a trial it did
+            not stamp), as Optuna's TPE and CMA-ES do. Default: :class:`~optuna.samplers.RandomSampler`.
+        warn_independent_sampling:
+            Warn once per parameter name the first time one is sampled by ``independent_sampler``.
+    """
+
+    def __init__(
+        self,
+        search_space: Mapping[str, Sequence[float]],
+        loss_key: str = "calibration_loss",
+        front_size: int = 16,
+        weights: Mapping[str, float] | None = None,
+        sparsity_key: str = "sparsity",
+        independent_sampler: BaseSampler | None = None,
+        warn_independent_sampling: bool = True,
+    ) -> None:
+        if not search_space:
+            raise ValueError("SensitivitySampler needs at least one parameter in search_space")
+        levels: dict[str, tuple[float, ...]] = {}
+        for name, values in search_space.items():
+            if isinstance(values, (str, bytes)) or not isinstance(values, Iterable):
+                raise ValueError(f"levels of {name!r} must be a list of numbers, got {values!r}")
+            values = list(values)
+            if any(_finite(v) is None or v < 0 for v in values):
+                raise ValueError(f"levels of {name!r} must be finite numbers >= 0, got {values!r}")
+            levels[name] = tuple(sorted({float(v) for v in values if v > 0}))
+        if isinstance(front_size, bool) or not isinstance(front_size, int) or front_size < 1:
+            raise ValueError(f"front_size must be an integer >= 1, got {front_size!r}")
+        if weights is not None:
+            bad = {n: weights.get(n) for n in levels if _finite(weights.get(n)) is None or weights[n] < 0}
+            if bad:
+                raise ValueError(f"weights must give every parameter a finite weight >= 0; wrong or missing: {bad}")
+        self._levels = levels
+        self._names = tuple(levels)
+        self._loss_key = loss_key
+        self._sparsity_key = sparsity_key
+        self._front_size = front_size
+        self._weights = None if weights is None else {n: float(weights[n]) for n in levels}
+        self._independent = independent_sampler or RandomSampler()
+        self._warn = warn_independent_sampling
+        self._warned: set[str] = set()  # names warned about (logging only: no decision depends on it)
+
+    @property
+    def loss_key(self) -> str:
+        """The trial user attribute (an objective of the study) the allocation reads."""
+        return self._loss_key
+
+    @property
+    def search_space(self) -> dict[str, list[float]]:
+        """Parameter name -> all its levels, 0.0 included, ascending (the choices to ask with)."""
+        return {name: [0.0, *c] for name, c in self._levels.items()}
+
+    def owns(self, param_name: str) -> bool:
+        """True for a parameter of its search space (the others are sampled independently)."""
+        return param_name in self._levels
+
+    # ---- configurations ------------------------------------------------------------------------
+
+    @property
+    def _dense(self) -> Key:
+        return (0.0,) * len(self._names)
+
+    def _probes(self) -> list[tuple[str, float, Key]]:
+        """(param, level, key) of every one-at-a-time configuration, in search-space then level order."""
+        out = []
+        for i, name in enumerate(self._names):
+            for level in self._levels[name]:
+                key = list(self._dense)
+                key[i] = level
+                out.append((name, level, tuple(key)))
+        return out
+
+    def _key(self, params: Mapping[str, Any] | None) -> Key | None:
+        if not params or any(n not in params for n in self._names):
+            return None
+        values = []
+        for n in self._names:
+            v = _finite(params[n])
+            if v is None:
+                return None
+            values.append(v)
+        return tuple(values)
+
+    def _params(self, key: Key) -> dict[str, float]:
+        return dict(zip(self._names, key))
+
+    # ---- derived state -------------------------------------------------------------------------
+
+    def _read(self, study: Study) -> _State:
+        state = _State()
+        # Query the storage directly, as GridSampler does (a pruner may filter study.get_trials).
+        for t in compat.all_trials(study):
+            if t.state in (TrialState.RUNNING, TrialState.WAITING):
+                key = self._key(t.system_attrs.get(PARAMS) or t.system_attrs.get("fixed_params") or t.params)
+                if key is not None:
+                    state.pending.add(key)
+                continue
+            key = self._key(t.params)
+            if key is None:
+                continue
+            loss = _finite(t.user_attrs.get(self._loss_key))
+            if t.state == TrialState.PRUNED and loss is None:
+                continue  # abandoned: issued again
+            if t.state not in (TrialState.COMPLETE, TrialState.FAIL, TrialState.PRUNED):
+                continue
+            known = state.results.get(key)
+            if known is None or known.loss is None:  # the first result with a loss wins
+                state.results[key] = _Result(loss, _finite(t.user_attrs.get(self._sparsity_key)))
+        dense = state.results.get(self._dense)
+        state.dense_loss = dense.loss if dense is not None else None
+        probes = self._probes()
+        if state.dense_loss is not None and all(key in state.results for _, _, key in probes):
+            state.front = self._front(state, probes)
+        return state
+
+    def _tables(self, state: _State, probes: list[tuple[str, float, Key]]) -> tuple[allocation.Table,
+                                                                                  allocation.Table, bool]:
+        """Loss increases and gains per parameter and level, and whether the gains were measured."""
+        assert state.dense_loss is not None
+        dense_sparsity = state.results[self._dense].sparsity
+        table: allocation.Table = {n: {0.0: 0.0} for n in self._names}
+        measured: allocation.Table = {n: {0.0: 0.0} for n in self._names}
+        complete = dense_sparsity is not None
+        for name, level, key in probes:
+            r = state.results[key]
+            table[name][level] = math.inf if r.loss is None else r.loss - state.dense_loss
+            if r.loss is not None:
+                if r.sparsity is None or dense_sparsity is None:
+                    complete = False
+                else:
+                    measured[name][level] = r.sparsity - dense_sparsity
+        if self._weights is not None:
+            return table, allocation.level_gains(table, self._weights), False
+        if complete:
+            return table, measured, True
+        return table, allocation.level_gains(table, dict.fromkeys(self._names, 1.0 / len(self._names))), False
+
+    def _front(self, state: _State, probes: list[tuple[str, float, Key]]) -> list[allocation.Allocation]:
+        table, gains, state.gains_measured = self._tables(state, probes)
+        path = [a for a in allocation.front(table, gains) if any(a.levels.values())]  # the dense one is known
+        return allocation.spread(path, self._front_size)
+
+    def _front_keys(self, state: _State) -> list[Key]:
+        return [tuple(a.levels[n] for n in self._names) for a in state.front or []]
+
+    def _next(self, state: _State) -> tuple[str, Key, dict[str, Any]]:
+        """The role, configuration and extra stamps of the next trial to issue."""
+
+        def free(key: Key) -> bool:
+            return key not in state.pending and (
+                key not in state.results or (key == self._dense and state.dense_loss is None))
+
+        if free(self._dense):
+            return "dense", self._dense, {}
+        for name, level, key in self._probes():
+            if free(key):
+                return "probe", key, {PARAM: name, LEVEL: level}
+        if state.front is None:
+            return "wait", self._dense, {}
+        for a, key in zip(state.front, self._front_keys(state)):
+            if free(key):
+                return "front", key, {PREDICTED: {"gain": a.gain, "loss_increase": a.loss, "lambda": a.lam}}
+        if not self._done(state):
+            return "wait", self._dense, {}
+        return "finished", (self._front_keys(state) or [self._dense])[-1], {}
+
+    def _done(self, state: _State) -> bool:
+        return state.front is not None and all(k in state.results for k in self._front_keys(state))
+
+    # ---- SteppedSampler ------------------------------------------------------------------------
+
+    def is_finished(self, study: Study) -> bool:
+        """True when every probe and every selected front configuration has a result."""
+        return self._done(self._read(study))
+
+    def needs_wait(self, study: Study) -> bool:
+        """True when nothing can be issued now: phase 2 waits for every running probe, the end for every
+        running front trial."""
+        return self._next(self._read(study))[0] == "wait"
+
+    def final_params(self, study: Study) -> list[dict[str, float]]:
+        """The selected front configurations evaluated so far, by increasing predicted gain."""
+        state = self._read(study)
+        return [self._params(k) for k in self._front_keys(state) if k in state.results]
+
+    def acceptance(self, study: Study, number: int) -> Acceptance | None:
+        """None: no trial's result is judged by a rule known when it is issued."""
+        return None
+
+    # ---- inspection ----------------------------------------------------------------------------
+
+    def sensitivities(self, study: Study) -> dict[str, dict[float, float]]:
+        """Param -> level -> measured loss increase over the dense loss (inf: failed), for the probes
+        with a result (empty while the dense loss is unknown)."""
+        state = self._read(study)
+        if state.dense_loss is None:
+            return {}
+        out: dict[str, dict[float, float]] = {n: {} for n in self._names}
+        for name, level, key in self._probes():
+            r = state.results.get(key)
+            if r is not None:
+                out[name][level] = math.inf if r.loss is None else r.loss - state.dense_loss
+        return out
+
+    def front(self, study: Study) -> list[dict[str, Any]]:
+        """The selected front (empty until phase 1 is done): per configuration its ``params``, predicted
+        ``gain`` and ``loss_increase``, ``lambda``, and, once evaluated, the measured ``loss_increase``
+        and ``gain`` (``measured_loss_increase``, ``measured_gain``: sparsity over the dense trial's;
+        None when not stored). ``gains_measured`` in each row says whether the prediction used measured
+        sparsities (True) or weights."""
+        state = self._read(study)
+        dense = state.results.get(self._dense)
+        rows = []
+        for a, key in zip(state.front or [], self._front_keys(state)):
+            r = state.results.get(key)
+            loss = None if r is None or r.loss is None or state.dense_loss is None else r.loss - state.dense_loss
+            gain = (None if r is None or r.sparsity is None or dense is None or dense.sparsity is None
+                    else r.sparsity - dense.sparsity)
+            rows.append({"params": self._params(key), "gain": a.gain, "loss_increase": a.loss, "lambda": a.lam,
+                         "measured_loss_increase": loss, "measured_gain": gain,
+                         "gains_measured": state.gains_measured})
+        return rows
+
+    # ---- sampler API ---------------------------------------------------------------------------
+
+    def before_trial(self, study: Study, trial: FrozenTrial) -> None:
+        # Enqueued trials (fixed_params) and trials already stamped (e.g. retried) are left alone.
+        if "fixed_params" in trial.system_attrs or ROLE in trial.system_attrs:
+            return
+        state = self._read(study)
+        role, key, extra = self._next(state)
+        if role == "wait":
+            _logger.warning("SensitivitySampler: every next configuration depends on running trials "
+                            "(needs_wait); this trial repeats the dense configuration.")
+        stamp = {ROLE: role, PARAMS: self._params(key), PARAM: None, LEVEL: None, **extra}
+        for attr, value in stamp.items():
+            compat.set_trial_system_attr(study, trial, attr, value)
+            trial.system_attrs[attr] = value
+
+    def infer_relative_search_space(self, study: Study, trial: FrozenTrial) -> dict[str, BaseDistribution]:
+        return {}
+
+    def sample_relative(
+        self, study: Study, trial: FrozenTrial, search_space: dict[str, BaseDistribution]
+    ) -> dict[str, Any]:
+        return {}
+
+    def sample_independent(
+        self,
+        study: Study,
+        trial: FrozenTrial,
+        param_name: str,
+        param_distribution: BaseDistribution,
+    ) -> Any:
+        params = trial.system_attrs.get(PARAMS)
+        if params is None or param_name not in params:
+            if self._warn and param_name not in self._warned:
+                self._warned.add(param_name)
+                why = ("is not in its search space" if not self.owns(param_name)
+                       else "was asked on a trial it did not issue")
+                _logger.warning(f"SensitivitySampler: parameter {param_name!r} {why}; it is sampled by "
+                                f"{type(self._independent).__name__} (warned once).")
+            return self._independent.sample_independent(study, trial, param_name, param_distribution)
+        value = params[param_name]
+        choices = getattr(param_distribution, "choices", None)
+        if choices is not None and value not in choices:
+            raise ValueError(
+                f"SensitivitySampler chose {value} for {param_name!r}, which is not among the choices "
+                f"{list(choices)}: ask with SensitivitySampler.search_space (0.0 included)."
+            )
+        return value
+
+    def after_trial(self, study: Study, trial: FrozenTrial, state: TrialState, values: Sequence[float] | None) -> None:
+        self._independent.after_trial(study, trial, state, values)
+
+    def reseed_rng(self) -> None:
+        self._independent.reseed_rng()

@@ -1,0 +1,233 @@
+"""Sensitivity allocation: every parameter picks one level so that the total gain is large and the total
+predicted loss increase small (a multiple-choice knapsack). Pure functions: no model, no Optuna.
+
+The inputs are a *sensitivity table* ``{param: {level: loss_increase}}`` (each parameter alone at each
+level, all others at 0.0, minus the dense loss; level 0.0 has increase 0) and a gain table
+``{param: {level: gain}}`` (by default MAC weight x level). The prediction of a configuration is
+additive: its gain is the sum of its levels' gains and its loss increase the sum of their increases.
+
+The Lagrangian relaxation ``max sum(gain) - lam * sum(loss)`` separates per parameter: each one takes
+the level maximizing ``gain - lam * loss``. As ``lam`` falls from infinity to 0, a parameter's choice
+walks the upper convex hull of its points ``(loss, gain)``; the choice changes at the hull's slopes
+(the breakpoints). Merging every parameter's hull steps in order of decreasing slope gives the
+*Lagrangian front*: configurations that are optimal for some ``lam``, each on the convex hull of the
+knapsack's achievable (loss, gain) set, so none is dominated by another configuration. :func:`exact_within`
+solves the knapsack under a loss budget exactly (a dynamic programme over a discretized budget) for
+the configurations between two hull points.
+
+Example:
+
+    .. testcode::
+
+        from thresh_opt.samplers.allocation import front, lagrangian_within
+
+        table = {"a": {0.0: 0.0, 0.5: 0.01, 0.9: 0.10}, "b": {0.0: 0.0, 0.5: 0.002, 0.9: 0.03}}
+        weights = {"a": 0.6, "b": 0.4}
+        for point in front(table, weights=weights):
+            print(point.levels, round(point.gain, 2), round(point.loss, 3))
+        print(lagrangian_within(table, 0.02, weights=weights).levels)
+
+    .. testoutput::
+
+        {'a': 0.0, 'b': 0.0} 0.0 0.0
+        {'a': 0.0, 'b': 0.5} 0.2 0.002
+        {'a': 0.5, 'b': 0.5} 0.5 0.012
+        {'a': 0.5, 'b': 0.9} 0.66 0.04
+        {'a': 0.9, 'b': 0.9} 0.9 0.13
+        {'a': 0.5, 'b': 0.5}
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from itertools import pairwise
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from collections.abc import Mapping, Sequence
+
+Table = dict[str, dict[float, float]]
+
+_EPS = 1e-12
+
+
+@dataclass(frozen=True)
+class Allocation:
+    """One configuration and its additive prediction."""
+
+    levels: dict[str, float]  # param -> level
+    gain: float  # predicted total gain (e.g. MAC-weighted sparsity gained)
+    loss: float  # predicted total loss increase over the dense model
+    lam: float | None = None  # a multiplier at which it is Lagrangian-optimal (None: not from the hull)
+
+
+def level_gains(table: Mapping[str, Mapping[float, float]], weights: Mapping[str, float] | None = None) -> Table:
+    """The default gain table: ``weights[param] x level`` (weight 1.0 for a param without one)."""
+    weights = weights or {}
+    return {p: {float(lv): float(weights.get(p, 1.0)) * float(lv) for lv in levels} for p, levels in table.items()}
+
+
+def _points(table: Mapping[str, Mapping[float, float]], gains: Mapping[str, Mapping[float, float]] | None,
+            weights: Mapping[str, float] | None) -> dict[str, list[tuple[float, float, float]]]:
+    """Per param: the usable (level, loss, gain) triples; a level with a loss that is not finite (its
+    evaluation failed) or without a gain is left out; level 0.0 is always there (0 loss, 0 gain)."""
+    gains = gains if gains is not None else level_gains(table, weights)
+    out: dict[str, list[tuple[float, float, float]]] = {}
+    for p, losses in table.items():
+        pts = {0.0: (0.0, 0.0)}
+        for lv, loss in losses.items():
+            lv = float(lv)
+            g = gains.get(p, {}).get(lv)
+            if lv == 0.0 or g is None or not math.isfinite(loss) or not math.isfinite(g):
+                continue
+            pts[lv] = (float(loss), float(g))
+        out[p] = [(lv, c, g) for lv, (c, g) in sorted(pts.items())]
+    return out
+
+
+def hull(points: Sequence[tuple[float, float, float]]) -> list[tuple[float, float, float]]:
+    """The levels a parameter takes as the multiplier falls: the upper convex hull of its points
+    ``(level, loss, gain)``, from the Lagrangian choice at lam -> infinity (least loss; on ties the most
+    gain, then the lowest level) to the one at lam -> 0+ (most gain; on ties the least loss).
+
+    Consecutive hull points have increasing loss and gain and non-increasing slopes
+    ``d gain / d loss``; points on a straight hull edge are kept (each is optimal at that edge's slope).
+    """
+    if not points:
+        return []
+    start = min(points, key=lambda t: (t[1], -t[2], t[0]))
+    out = [start]
+    while True:
+        _, c0, g0 = out[-1]
+        later = [t for t in points if t[1] > c0 + _EPS and t[2] > g0 + _EPS]
+        if not later:
+            return out
+        # the steepest edge; on equal slopes the nearest point (the collinear ones follow)
+        out.append(max(later, key=lambda t: ((t[2] - g0) / (t[1] - c0), -t[1], -t[0])))
+
+
+def _total(pts: Mapping[str, list[tuple[float, float, float]]], levels: Mapping[str, float],
+           lam: float | None) -> Allocation:
+    by_level = {p: {t[0]: t for t in ts} for p, ts in pts.items()}
+    gain = sum(by_level[p][lv][2] for p, lv in levels.items())
+    loss = sum(by_level[p][lv][1] for p, lv in levels.items())
+    return Allocation(dict(levels), gain, loss, lam)
+
+
+def breakpoints(table: Mapping[str, Mapping[float, float]], gains: Mapping[str, Mapping[float, float]] | None = None,
+                *, weights: Mapping[str, float] | None = None) -> list[float]:
+    """Every multiplier at which some parameter's choice changes (its hull slopes), descending."""
+    slopes = set()
+    for ts in _points(table, gains, weights).values():
+        h = hull(ts)
+        slopes |= {(b[2] - a[2]) / (b[1] - a[1]) for a, b in pairwise(h)}
+    return sorted(slopes, reverse=True)
+
+
+def choose(table: Mapping[str, Mapping[float, float]], lam: float,
+           gains: Mapping[str, Mapping[float, float]] | None = None, *,
+           weights: Mapping[str, float] | None = None) -> Allocation:
+    """The Lagrangian choice at multiplier ``lam > 0``: each parameter at the level maximizing
+    ``gain - lam * loss`` (ties: the least loss, then the lowest level)."""
+    if not lam > 0:
+        raise ValueError(f"the multiplier must be > 0, got {lam!r}")
+    pts = _points(table, gains, weights)
+    levels = {p: max(ts, key=lambda t: (t[2] - lam * t[1], -t[1], -t[0]))[0] for p, ts in pts.items()}
+    return _total(pts, levels, lam)
+
+
+def front(table: Mapping[str, Mapping[float, float]], gains: Mapping[str, Mapping[float, float]] | None = None, *,
+          weights: Mapping[str, float] | None = None, lambdas: Sequence[float] | None = None) -> list[Allocation]:
+    """The configurations on the Lagrangian front, deduplicated, by increasing gain (and loss).
+
+    Args:
+        table: param -> level -> predicted loss increase of that level alone (0.0 -> 0; a level whose
+            loss is not finite is never chosen).
+        gains: param -> level -> gain of that level; default ``weights[param] x level``.
+        weights: the gain weights per param when ``gains`` is not given (default 1.0 each).
+        lambdas: the multipliers to solve for; default every breakpoint: the path starts at the choice for
+            lam -> infinity and applies the parameters' hull steps one at a time in order of decreasing
+            slope (ties: parameter order, then level), so a configuration between two equal breakpoints is
+            on the front too. Each configuration carries the multiplier at which it is optimal.
+    """
+    pts = _points(table, gains, weights)
+    if lambdas is not None:
+        out: dict[tuple[float, ...], Allocation] = {}
+        for lam in lambdas:
+            a = choose(table, lam, gains, weights=weights)
+            out.setdefault(tuple(a.levels.values()), a)
+        return sorted(out.values(), key=lambda a: (a.gain, a.loss))
+    hulls = {p: hull(ts) for p, ts in pts.items()}
+    steps = []  # (slope, param index, step index, param, level)
+    for i, (p, h) in enumerate(hulls.items()):
+        for j, (lo, hi) in enumerate(pairwise(h)):
+            steps.append(((hi[2] - lo[2]) / (hi[1] - lo[1]), i, j, p, hi[0]))
+    steps.sort(key=lambda s: (-s[0], s[1], s[2]))
+    levels = {p: h[0][0] for p, h in hulls.items()}
+    path = [_total(pts, levels, math.inf)]
+    for slope, _, _, p, level in steps:
+        levels[p] = level
+        path.append(_total(pts, levels, slope))
+    return path
+
+
+def lagrangian_within(table: Mapping[str, Mapping[float, float]], budget: float,
+                      gains: Mapping[str, Mapping[float, float]] | None = None, *,
+                      weights: Mapping[str, float] | None = None) -> Allocation | None:
+    """The front configuration with the most gain whose predicted loss increase is <= ``budget``
+    (None when even the least-loss one exceeds it)."""
+    fits = [a for a in front(table, gains, weights=weights) if a.loss <= budget + _EPS]
+    return max(fits, key=lambda a: (a.gain, -a.loss)) if fits else None
+
+
+def exact_within(table: Mapping[str, Mapping[float, float]], budget: float,
+                 gains: Mapping[str, Mapping[float, float]] | None = None, *,
+                 weights: Mapping[str, float] | None = None, step: float | None = None) -> Allocation | None:
+    """The configuration with the most gain whose predicted loss increase is <= ``budget``, by a dynamic
+    programme over the budget in units of ``step`` (default ``budget / 1000``).
+
+    Each loss is rounded up to whole steps (a negative one counts as 0), so the answer always fits the
+    budget; it is the exact optimum when every loss is a multiple of ``step``, and otherwise at least as
+    good as the best configuration whose rounded losses fit. Cost: params x levels x budget/step.
+    None when nothing fits.
+    """
+    if not budget >= 0:
+        raise ValueError(f"the budget must be >= 0, got {budget!r}")
+    pts = _points(table, gains, weights)
+    step = step if step is not None else (budget / 1000 if budget > 0 else 1.0)
+    if not step > 0:
+        raise ValueError(f"step must be > 0, got {step!r}")
+    units = math.floor(budget / step + 1e-9)
+
+    def cost(loss: float) -> int:
+        return max(0, math.ceil(loss / step - 1e-9))
+
+    # gain[b], chosen[b]: the best partial configuration using at most b units (-inf: none fits)
+    gain = [0.0] * (units + 1)
+    chosen: list[tuple[float, ...]] = [()] * (units + 1)
+    for ts in pts.values():
+        items = [(cost(c), g, lv) for lv, c, g in ts]
+        nxt_gain = [-math.inf] * (units + 1)
+        nxt_chosen: list[tuple[float, ...]] = [()] * (units + 1)
+        for b in range(units + 1):
+            for w, g, lv in items:
+                if w <= b and gain[b - w] + g > nxt_gain[b] + _EPS:
+                    nxt_gain[b], nxt_chosen[b] = gain[b - w] + g, (*chosen[b - w], lv)
+        gain, chosen = nxt_gain, nxt_chosen
+    if gain[units] == -math.inf:
+        return None
+    return _total(pts, dict(zip(pts, chosen[units])), None)
+
+
+def spread(points: Sequence[Allocation], k: int) -> list[Allocation]:
+    """At most ``k`` of ``points`` evenly spaced by position along it, both ends included."""
+    if k < 1:
+        raise ValueError(f"k must be >= 1, got {k}")
+    n = len(points)
+    if n <= k:
+        return list(points)
+    if k == 1:
+        return [points[-1]]
+    picks = sorted({round(i * (n - 1) / (k - 1)) for i in range(k)})
+    return [points[i] for i in picks]
