@@ -4,13 +4,10 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
-from collections.abc import Iterable
-from numbers import Real
 from typing import TYPE_CHECKING, Any
 
 from optuna.logging import get_logger
-from optuna.samplers import BaseSampler, RandomSampler
+from optuna.samplers import BaseSampler
 
 from thresh_opt import compat
 from thresh_opt.samplers._greedy_state import (
@@ -30,13 +27,13 @@ from thresh_opt.samplers._greedy_state import (
     replay_pass,
     tolerances,
 )
+from thresh_opt.samplers._stamped import StampedSampler, finite, positive_levels
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Mapping, Sequence
 
-    from optuna.distributions import BaseDistribution
     from optuna.study import Study
-    from optuna.trial import FrozenTrial, TrialState
+    from optuna.trial import FrozenTrial
 
     from thresh_opt.samplers._greedy_state import Key, Ledger, PassState
 
@@ -44,11 +41,7 @@ if TYPE_CHECKING:
 _logger = get_logger(__name__)
 
 
-def _is_number(value: object) -> bool:
-    return isinstance(value, Real) and not isinstance(value, bool) and math.isfinite(value)
-
-
-class GreedySampler(BaseSampler):
+class GreedySampler(StampedSampler):
     """The sequential greedy threshold search of Knunyants et al. (arXiv 2501.16337), as a sampler.
 
     Each parameter is a module, in the order of ``search_space`` (front to back); its value is a
@@ -153,17 +146,7 @@ class GreedySampler(BaseSampler):
         independent_sampler: BaseSampler | None = None,
         warn_independent_sampling: bool = True,
     ) -> None:
-        if not search_space:
-            raise ValueError("GreedySampler needs at least one parameter in search_space")
-        candidates: dict[str, tuple[float, ...]] = {}
-        for name, values in search_space.items():
-            if isinstance(values, (str, bytes)) or not isinstance(values, Iterable):
-                raise ValueError(f"candidates of {name!r} must be a list of numbers, got {values!r}")
-            values = list(values)
-            for v in values:
-                if not _is_number(v) or v < 0:
-                    raise ValueError(f"candidates of {name!r} must be finite numbers >= 0, got {v!r}")
-            candidates[name] = tuple(sorted({float(v) for v in values if v > 0}))
+        candidates = positive_levels(search_space, "GreedySampler", "candidates")
         self._tolerances = tolerances(loss_inc)
         kind = kind_of or default_kind
         self._spec = Spec(
@@ -174,9 +157,7 @@ class GreedySampler(BaseSampler):
             keep_first=bool(keep_first),
         )
         self._loss_key = loss_key
-        self._independent = independent_sampler or RandomSampler()
-        self._warn = warn_independent_sampling
-        self._warned: set[str] = set()  # names warned about (logging only: no decision depends on it)
+        super().__init__(candidates, PARAMS, independent_sampler, warn_independent_sampling)
         self._pass_ids = tuple(self._pass_id(p) for p in range(len(self._tolerances)))
 
     def _pass_id(self, p: int) -> str:
@@ -191,10 +172,6 @@ class GreedySampler(BaseSampler):
             "pass": p,
         }
         return hashlib.sha1(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
-
-    def owns(self, param_name: str) -> bool:
-        """True for a parameter of the greedy search's space (the others are sampled independently)."""
-        return param_name in self._spec.candidates
 
     @property
     def loss_key(self) -> str:
@@ -255,7 +232,7 @@ class GreedySampler(BaseSampler):
         """The rule that will judge trial `number`'s loss, when the sampler issued it as a candidate whose
         reference loss was known (a trial that fails it cannot change any decision)."""
         attrs = study.get_trials(deepcopy=False)[number].system_attrs
-        if attrs.get(ROLE) != "candidate" or not _is_number(attrs.get(REFERENCE)):
+        if attrs.get(ROLE) != "candidate" or finite(attrs.get(REFERENCE)) is None:
             return None
         return Acceptance(attrs[REFERENCE], attrs[TOLERANCE])
 
@@ -319,8 +296,7 @@ class GreedySampler(BaseSampler):
                 stamp = self._stamp("wait", current.index, name, None, step)
                 params = self._config(current)
         stamp[PARAMS] = params
-        for attr, value in stamp.items():
-            compat.set_trial_system_attr(study, trial, attr, value)
+        self._write_stamp(study, trial, stamp)
 
     def _stamp(self, role: str, p: int, module: str | None, candidate: float | None, step: int) -> dict[str, Any]:
         return {
@@ -332,42 +308,3 @@ class GreedySampler(BaseSampler):
             CANDIDATE: candidate,
             STEP: step,
         }
-
-    def infer_relative_search_space(self, study: Study, trial: FrozenTrial) -> dict[str, BaseDistribution]:
-        return {}
-
-    def sample_relative(
-        self, study: Study, trial: FrozenTrial, search_space: dict[str, BaseDistribution]
-    ) -> dict[str, Any]:
-        return {}
-
-    def sample_independent(
-        self,
-        study: Study,
-        trial: FrozenTrial,
-        param_name: str,
-        param_distribution: BaseDistribution,
-    ) -> Any:
-        params = trial.system_attrs.get(PARAMS)
-        if params is None or param_name not in params:
-            if self._warn and param_name not in self._warned:
-                self._warned.add(param_name)
-                why = ("is not in its search space" if not self.owns(param_name)
-                       else "was asked on a trial it did not issue")
-                _logger.warning(f"GreedySampler: parameter {param_name!r} {why}; it is sampled by "
-                                f"{type(self._independent).__name__} (warned once).")
-            return self._independent.sample_independent(study, trial, param_name, param_distribution)
-        value = params[param_name]
-        choices = getattr(param_distribution, "choices", None)
-        if choices is not None and value not in choices:
-            raise ValueError(
-                f"GreedySampler chose {value} for {param_name!r}, which is not among the choices "
-                f"{list(choices)}: ask with GreedySampler.search_space (0.0 included)."
-            )
-        return value
-
-    def after_trial(self, study: Study, trial: FrozenTrial, state: TrialState, values: Sequence[float] | None) -> None:
-        self._independent.after_trial(study, trial, state, values)
-
-    def reseed_rng(self) -> None:
-        self._independent.reseed_rng()

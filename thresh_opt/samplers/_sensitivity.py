@@ -3,22 +3,20 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
 from dataclasses import dataclass, field
-from numbers import Real
 from typing import TYPE_CHECKING, Any
 
 from optuna.logging import get_logger
-from optuna.samplers import BaseSampler, RandomSampler
+from optuna.samplers import BaseSampler
 from optuna.trial import TrialState
 
 from thresh_opt import compat
 from thresh_opt.samplers import allocation
+from thresh_opt.samplers._stamped import StampedSampler, finite, positive_levels
 
 if TYPE_CHECKING:
     from collections.abc import Mapping, Sequence
 
-    from optuna.distributions import BaseDistribution
     from optuna.study import Study
     from optuna.trial import FrozenTrial
 
@@ -34,12 +32,6 @@ LEVEL = "sensitivity:level"  # a probe's level (None otherwise)
 PREDICTED = "sensitivity:predicted"  # a front trial's prediction: {"gain", "loss_increase", "lambda"}
 
 Key = tuple[float, ...]  # the owned parameters' values, in search-space order
-
-
-def _finite(value: object) -> float | None:
-    if isinstance(value, Real) and not isinstance(value, bool) and math.isfinite(value):
-        return float(value)
-    return None
 
 
 @dataclass
@@ -59,7 +51,7 @@ class _State:
     gains_measured: bool = False
 
 
-class SensitivitySampler(BaseSampler):
+class SensitivitySampler(StampedSampler):
     """Sensitivity allocation: each parameter alone at each level, then the Lagrangian front.
 
     Phase 1 evaluates the dense configuration (every parameter at 0.0) and every *probe*: one parameter
@@ -143,20 +135,11 @@ class SensitivitySampler(BaseSampler):
         independent_sampler: BaseSampler | None = None,
         warn_independent_sampling: bool = True,
     ) -> None:
-        if not search_space:
-            raise ValueError("SensitivitySampler needs at least one parameter in search_space")
-        levels: dict[str, tuple[float, ...]] = {}
-        for name, values in search_space.items():
-            if isinstance(values, (str, bytes)) or not isinstance(values, Iterable):
-                raise ValueError(f"levels of {name!r} must be a list of numbers, got {values!r}")
-            values = list(values)
-            if any(_finite(v) is None or v < 0 for v in values):
-                raise ValueError(f"levels of {name!r} must be finite numbers >= 0, got {values!r}")
-            levels[name] = tuple(sorted({float(v) for v in values if v > 0}))
+        levels = positive_levels(search_space, "SensitivitySampler", "levels")
         if isinstance(front_size, bool) or not isinstance(front_size, int) or front_size < 1:
             raise ValueError(f"front_size must be an integer >= 1, got {front_size!r}")
         if weights is not None:
-            bad = {n: weights.get(n) for n in levels if _finite(weights.get(n)) is None or weights[n] < 0}
+            bad = {n: weights.get(n) for n in levels if finite(weights.get(n)) is None or weights[n] < 0}
             if bad:
                 raise ValueError(f"weights must give every parameter a finite weight >= 0; wrong or missing: {bad}")
         self._levels = levels
@@ -165,9 +148,7 @@ class SensitivitySampler(BaseSampler):
         self._sparsity_key = sparsity_key
         self._front_size = front_size
         self._weights = None if weights is None else {n: float(weights[n]) for n in levels}
-        self._independent = independent_sampler or RandomSampler()
-        self._warn = warn_independent_sampling
-        self._warned: set[str] = set()  # names warned about (logging only: no decision depends on it)
+        super().__init__(levels, PARAMS, independent_sampler, warn_independent_sampling)
 
     @property
     def loss_key(self) -> str:
@@ -178,10 +159,6 @@ class SensitivitySampler(BaseSampler):
     def search_space(self) -> dict[str, list[float]]:
         """Parameter name -> all its levels, 0.0 included, ascending (the choices to ask with)."""
         return {name: [0.0, *c] for name, c in self._levels.items()}
-
-    def owns(self, param_name: str) -> bool:
-        """True for a parameter of its search space (the others are sampled independently)."""
-        return param_name in self._levels
 
     # ---- configurations ------------------------------------------------------------------------
 
@@ -204,7 +181,7 @@ class SensitivitySampler(BaseSampler):
             return None
         values = []
         for n in self._names:
-            v = _finite(params[n])
+            v = finite(params[n])
             if v is None:
                 return None
             values.append(v)
@@ -227,14 +204,14 @@ class SensitivitySampler(BaseSampler):
             key = self._key(t.params)
             if key is None:
                 continue
-            loss = _finite(t.user_attrs.get(self._loss_key))
+            loss = finite(t.user_attrs.get(self._loss_key))
             if t.state == TrialState.PRUNED and loss is None:
                 continue  # abandoned: issued again
             if t.state not in (TrialState.COMPLETE, TrialState.FAIL, TrialState.PRUNED):
                 continue
             known = state.results.get(key)
             if known is None or known.loss is None:  # the first result with a loss wins
-                state.results[key] = _Result(loss, _finite(t.user_attrs.get(self._sparsity_key)))
+                state.results[key] = _Result(loss, finite(t.user_attrs.get(self._sparsity_key)))
         dense = state.results.get(self._dense)
         state.dense_loss = dense.loss if dense is not None else None
         probes = self._probes()
@@ -361,46 +338,4 @@ class SensitivitySampler(BaseSampler):
         if role == "wait":
             _logger.warning("SensitivitySampler: every next configuration depends on running trials "
                             "(needs_wait); this trial repeats the dense configuration.")
-        stamp = {ROLE: role, PARAMS: self._params(key), PARAM: None, LEVEL: None, **extra}
-        for attr, value in stamp.items():
-            compat.set_trial_system_attr(study, trial, attr, value)
-            trial.system_attrs[attr] = value
-
-    def infer_relative_search_space(self, study: Study, trial: FrozenTrial) -> dict[str, BaseDistribution]:
-        return {}
-
-    def sample_relative(
-        self, study: Study, trial: FrozenTrial, search_space: dict[str, BaseDistribution]
-    ) -> dict[str, Any]:
-        return {}
-
-    def sample_independent(
-        self,
-        study: Study,
-        trial: FrozenTrial,
-        param_name: str,
-        param_distribution: BaseDistribution,
-    ) -> Any:
-        params = trial.system_attrs.get(PARAMS)
-        if params is None or param_name not in params:
-            if self._warn and param_name not in self._warned:
-                self._warned.add(param_name)
-                why = ("is not in its search space" if not self.owns(param_name)
-                       else "was asked on a trial it did not issue")
-                _logger.warning(f"SensitivitySampler: parameter {param_name!r} {why}; it is sampled by "
-                                f"{type(self._independent).__name__} (warned once).")
-            return self._independent.sample_independent(study, trial, param_name, param_distribution)
-        value = params[param_name]
-        choices = getattr(param_distribution, "choices", None)
-        if choices is not None and value not in choices:
-            raise ValueError(
-                f"SensitivitySampler chose {value} for {param_name!r}, which is not among the choices "
-                f"{list(choices)}: ask with SensitivitySampler.search_space (0.0 included)."
-            )
-        return value
-
-    def after_trial(self, study: Study, trial: FrozenTrial, state: TrialState, values: Sequence[float] | None) -> None:
-        self._independent.after_trial(study, trial, state, values)
-
-    def reseed_rng(self) -> None:
-        self._independent.reseed_rng()
+        self._write_stamp(study, trial, {ROLE: role, PARAMS: self._params(key), PARAM: None, LEVEL: None, **extra})
