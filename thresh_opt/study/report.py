@@ -13,6 +13,7 @@ import optuna
 
 from thresh_opt import analysis, keys
 from thresh_opt.study.compare import CompareConfig, evaluations
+from thresh_opt.study.significance import ALPHA, Verdict, verdicts
 
 
 @dataclass
@@ -57,9 +58,11 @@ def budget_columns(ccfg: CompareConfig) -> list[tuple[str, str]]:
 
 
 def table(ccfg: CompareConfig, summaries: list[StudySummary]) -> list[dict[str, Any]]:
-    """Per sampler: hypervolume at each budget, in trials and in forward-equivalents (mean, std over seeds),
-    front size, evaluations, forward-equivalents spent and time."""
+    """Per sampler: hypervolume at each budget, in trials and in forward-equivalents (mean, std over seeds,
+    and the Mann-Whitney U and p-value of the best mean against it), front size, evaluations,
+    forward-equivalents spent and time."""
     rows = []
+    per_seed: dict[str, dict[str, list[float]]] = {key: {} for key, _ in budget_columns(ccfg)}
     for label in dict.fromkeys(s.label for s in summaries):
         mine = [s for s in summaries if s.label == label]
         row: dict[str, Any] = {"sampler": label, "seeds": len(mine)}
@@ -68,14 +71,19 @@ def table(ccfg: CompareConfig, summaries: list[StudySummary]) -> list[dict[str, 
         for (key, _), hv in zip(budget_columns(ccfg), at):
             values = np.array([hv(s) for s in mine])
             row[key] = {"mean": float(values.mean()), "std": float(values.std(ddof=1)) if len(mine) > 1 else 0.0}
+            per_seed[key][label] = [float(v) for v in values]
         row["front_size"] = float(np.mean([s.front_size for s in mine]))
         row["evaluations"] = float(np.mean([s.evaluations for s in mine]))
         row["forward_equivalents"] = float(np.mean([s.forward_equivalents for s in mine]))
         row["wall_seconds"] = float(np.mean([s.wall_seconds for s in mine]))
         rows.append(row)
-    for key, _ in budget_columns(ccfg):  # the best mean at each budget
-        best = max(rows, key=lambda r: r[key]["mean"])
-        best[key]["best"] = True
+    by_label = {r["sampler"]: r for r in rows}
+    for key, title in budget_columns(ccfg):  # the best mean at each budget, and how sure that is
+        judged = verdicts(title, per_seed[key])
+        for v in judged:
+            by_label[v.other][key] |= {"u": v.u, "p": v.p}
+        best = judged[0].best if judged else max(rows, key=lambda r: r[key]["mean"])["sampler"]
+        by_label[best][key]["best"] = True
     return rows
 
 
@@ -157,11 +165,19 @@ def markdown(ccfg: CompareConfig, rows: list[dict[str, Any]], summaries: list[St
         for key, _ in budget_columns(ccfg):
             c = r[key]
             text = f"{c['mean']:.4g} ± {c['std']:.2g}" if r["seeds"] > 1 else f"{c['mean']:.4g}"
+            text += f" (p {c['p']:.2g})" if "p" in c else ""
             cells.append(f"**{text}**" if c.get("best") else text)
         lines.append(f"| {r['sampler']} | {r['seeds']} | " + " | ".join(cells) + f" | {r['front_size']:.1f} | "
                      f"{r['evaluations']:.0f} | {r['forward_equivalents']:.1f} | {r['wall_seconds']:.0f} |")
     lines += ["", "Mean ± sample standard deviation over seeds; bold: best mean at that budget. A study whose "
-              "sampler finished before the budget keeps its last hypervolume.", ""]
+              "sampler finished before the budget keeps its last hypervolume.", "",
+              f"Best mean against each other contender, one-sided Mann-Whitney U test over seeds (significant: "
+              f"p < {ALPHA}; a sampler that runs once counts its value for every seed):", ""]
+    best = {key: next(r["sampler"] for r in rows if r[key].get("best")) for key, _ in budget_columns(ccfg)}
+    for key, title in budget_columns(ccfg):
+        lines += [f"- {Verdict(title, best[key], r['sampler'], r[key]['u'], r[key]['p']).line()}"
+                  for r in rows if "p" in r[key]]
+    lines += [""]
     stopped = [s for s in summaries if s.sampler_finished]
     if stopped:
         lines += ["Stopped early (sampler finished): "
