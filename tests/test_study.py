@@ -174,36 +174,6 @@ def test_greedy_module_order_option(tmp_path, capsys):
     assert "sampler.options.order: 'sideways'; allowed: forward, reverse" in capsys.readouterr().err
 
 
-def test_ui_serves_the_mlflow_ui_on_loopback(tmp_path):
-    import os
-    import signal
-    import socket
-    import subprocess
-    import sys
-    import time
-    import urllib.request
-
-    path = write_study(tmp_path, sampler={"name": "random"}, trials=1)
-    assert main(["study", "run", str(path)]) == 0
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    proc = subprocess.Popen([sys.executable, "-m", "thresh_opt", "ui", str(tmp_path / "s"), "--port", str(port)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True)
-    try:
-        deadline, body = time.time() + 90, ""
-        while time.time() < deadline and not body:
-            try:
-                body = urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=2).read().decode()
-            except OSError:
-                time.sleep(1)
-        assert "MLflow" in body or "mlflow" in body
-    finally:
-        os.killpg(proc.pid, signal.SIGTERM)  # the UI and the server workers it started
-        _, err = proc.communicate(timeout=60)
-    assert f"http://127.0.0.1:{port}" in err
-
-
 @pytest.mark.parametrize("name", ["embedded-rwkv4.yaml", "embedded-rwkv4-tpe.yaml", "rwkv4-169m.yaml", "opt-125m.yaml"])
 def test_the_shipped_study_files_are_valid(name):
     from thresh_opt.study.config import REPO_DIR, load_study
