@@ -102,32 +102,30 @@ def _parameters(cls: type) -> list[inspect.Parameter]:
     return list(inspect.signature(cls).parameters.values())
 
 
+def _builtin_type(annotation: object) -> Any:
+    """An annotation string evaluated with builtins only (``int | None``), Any for a non-string one, or None
+    when it names more than builtins (a class such as BaseSampler: a Python object)."""
+    if not isinstance(annotation, str):
+        return Any
+    try:
+        return eval(annotation, {"__builtins__": builtins})  # an annotation string of the sampler's own code
+    except Exception:  # noqa: BLE001 - NameError and the like
+        return None
+
+
 def python_only(cls: type) -> tuple[str, ...]:
     """Constructor options that take a Python object: their annotation names more than builtins."""
-    out = []
-    for p in _parameters(cls):
-        if p.name in ("self", "search_space") or not isinstance(p.annotation, str):
-            continue
-        try:
-            eval(p.annotation, {"__builtins__": builtins})
-        except Exception:  # noqa: BLE001 - NameError (a class such as BaseSampler) and the like
-            out.append(p.name)
-    return tuple(out)
+    return tuple(p.name for p in _parameters(cls)
+                 if p.name not in ("self", "search_space") and _builtin_type(p.annotation) is None)
 
 
 def options_model(cls: type) -> type[BaseModel]:
     """A pydantic model of a sampler constructor's study-file options, typed where the annotation is a
     builtin type (the Python-object options are left out: see `python_only`)."""
-    objects = python_only(cls)
-    fields: dict[str, Any] = {}
-    for p in _parameters(cls):
-        if p.name in ("self", "search_space") or p.name in objects:
-            continue
-        try:
-            kind = eval(p.annotation, {"__builtins__": builtins}) if isinstance(p.annotation, str) else Any
-        except Exception:  # noqa: BLE001
-            kind = Any
-        fields[p.name] = (kind, None if p.default is inspect.Parameter.empty else p.default)
+    fields: dict[str, Any] = {
+        p.name: (_builtin_type(p.annotation), None if p.default is inspect.Parameter.empty else p.default)
+        for p in _parameters(cls)
+        if p.name not in ("self", "search_space") and _builtin_type(p.annotation) is not None}
     return create_model(f"{cls.__name__}Options", __config__=ConfigDict(extra="forbid"), **fields)
 
 
