@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from thresh_opt.hardware.dims import DEFAULT_CONTEXT, DenseWork, ModelDims, elementwise
+from thresh_opt.hardware.dims import DenseWork, ModelDims, elementwise
 from thresh_opt.registry import ARCHITECTURES
 
 if TYPE_CHECKING:
@@ -89,7 +89,7 @@ class OptDimensions(RwkvDimensions):
 
 def rwkv4_block_work(dims: ModelDims, i: int) -> list[DenseWork]:
     """One RWKV-4 block's work outside the linear maps: token shift, WKV and gates."""
-    d, f, p = dims.hidden, dims.ffn or 4 * dims.hidden, f"blocks.{i}"
+    d, f, p = dims.hidden, dims.ffn_width, f"blocks.{i}"
     return [
         # token shift: five mixes x*mu + prev*(1-mu)
         elementwise(f"{p}.token_shift", "token_shift", i, 5 * 3 * d),
@@ -102,8 +102,8 @@ def rwkv4_block_work(dims: ModelDims, i: int) -> list[DenseWork]:
 
 def opt_block_work(dims: ModelDims, i: int) -> list[DenseWork]:
     """One OPT block's work outside the linear maps: attention over the cache, biases and activations."""
-    d, f, p = dims.hidden, dims.ffn or 4 * dims.hidden, f"layers.{i}"
-    n, h = dims.context or DEFAULT_CONTEXT, dims.heads or max(1, d // 64)
+    d, f, p = dims.hidden, dims.ffn_width, f"layers.{i}"
+    n, h = dims.attended, dims.head_count
     return [
         # q.k over n cached keys and the weighted sum over n cached values: 2 x n x d multiply-adds,
         # each reading one cached element; softmax: n x h exponentials and 3 n h operations

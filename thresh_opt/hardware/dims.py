@@ -68,6 +68,25 @@ class ModelDims:
             object.__setattr__(self, "context", self.context or DEFAULT_CONTEXT)
             object.__setattr__(self, "heads", self.heads or max(1, self.hidden // 64))
 
+    # The defaults __post_init__ filled in, typed as the numbers they are (one place for them).
+    @property
+    def ffn_width(self) -> int:
+        """Feed-forward width f."""
+        assert self.ffn is not None
+        return self.ffn
+
+    @property
+    def attended(self) -> int:
+        """Positions a token attends to (attention architectures)."""
+        assert self.context is not None, f"{self.arch} keeps no attention cache"
+        return self.context
+
+    @property
+    def head_count(self) -> int:
+        """Attention heads (attention architectures)."""
+        assert self.heads is not None, f"{self.arch} has no attention heads"
+        return self.heads
+
     def to_dict(self) -> dict[str, object]:
         """A JSON-ready dict."""
         return {k: getattr(self, k) for k in ("arch", "layers", "hidden", "ffn", "context", "heads", "vocab")}
@@ -118,7 +137,7 @@ class PlacementSite(Protocol):
 
 
 def _width(dims: ModelDims, code: str) -> int:
-    return {"d": dims.hidden, "f": dims.ffn or 4 * dims.hidden, "3d": 3 * dims.hidden}[code]
+    return {"d": dims.hidden, "f": dims.ffn_width, "3d": 3 * dims.hidden}[code]
 
 
 def linear_sites(dims: ModelDims) -> list[LinearSite]:
@@ -176,7 +195,7 @@ def kv_cache_bits(dims: ModelDims, bits: float) -> list[float]:
     """Per block, the data memory of the attention cache (OPT: keys and values of `context` positions)."""
     if not _arch(dims.arch).attention:
         return [0.0] * dims.layers
-    return [2.0 * (dims.context or DEFAULT_CONTEXT) * dims.hidden * bits] * dims.layers
+    return [2.0 * dims.attended * dims.hidden * bits] * dims.layers
 
 
 def resolve_sparsity(
