@@ -70,21 +70,27 @@ class SensitivitySampler(StampedSampler):
         .. testcode::
 
             import optuna
-            from optuna.distributions import CategoricalDistribution
 
             from thresh_opt.samplers import SensitivitySampler
 
             weights = {"blocks.0.att.key": 0.002, "blocks.0.ffn.key": 0.05, "blocks.1.att.key": 0.004}
-            levels = [0.0, 0.3, 0.6, 0.9]
-            sampler = SensitivitySampler({name: levels for name in weights}, front_size=4)
+            sampler = SensitivitySampler({name: [0.0, 0.3, 0.6, 0.9] for name in weights}, front_size=4)
+
+
+            def objective(trial):
+                x = {n: trial.suggest_categorical(n, sampler.search_space[n]) for n in weights}
+                trial.set_user_attr("sparsity", sum(x.values()) / 3)  # what a study measures
+                trial.set_user_attr("calibration_loss", 3.0 * (1 + sum(w * x[n] ** 2 for n, w in weights.items())))
+                return trial.user_attrs["calibration_loss"]
+
+
+            def stop_when_finished(study, _trial):
+                if sampler.is_finished(study):
+                    study.stop()
+
+
             study = optuna.create_study(sampler=sampler)
-            distributions = {name: CategoricalDistribution(levels) for name in weights}
-            while not sampler.is_finished(study):
-                trial = study.ask(distributions)
-                loss = 3.0 * (1 + sum(w * trial.params[n] ** 2 for n, w in weights.items()))
-                trial.set_user_attr("calibration_loss", loss)
-                trial.set_user_attr("sparsity", sum(trial.params.values()) / 3)
-                study.tell(trial, loss)
+            study.optimize(objective, n_trials=100, callbacks=[stop_when_finished])
             print(len(study.trials), sampler.final_params(study)[0])
 
     No state is kept in the sampler: results are read from the stored trials by configuration (any
