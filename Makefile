@@ -28,7 +28,7 @@ run: setup
 test: setup
 	$(BIN)/ruff check thresh_opt tests benchmarks
 	$(BIN)/mypy
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q --durations=15
 
 bench: setup
 	$(BIN)/python benchmarks/forward_overhead.py

@@ -1,14 +1,17 @@
-"""The published greedy three ways, side by side in one run: paper mode, fast mode, and a greedy study.
+"""The published greedy four ways, side by side in one run: paper mode, fast mode, early mode and a greedy
+study.
 
     python benchmarks/greedy_modes.py [--models embedded:rwkv4-tiny,embedded:opt-tiny] [--count 8]
-                                      [--ctx-len 128] [--loss-inc 1.002] [--threads 2]
+                                      [--ctx-len 128] [--loss-inc 1.002] [--threads 2] [--no-study]
 
 Paper mode is the published procedure (design.md 1.3): a full calibration pass per module for its
 statistics, a full pass per candidate. Fast mode evaluates incrementally (passes start at the block under
 search, statistics come from the accepted pass). The study is `thresh-opt study run` on the same model,
 calibration set, levels and tolerance (per-module space, sequential statistics, dense baseline only): its
 trials' forward-equivalents plus the dense reference, its evaluation seconds, and the wall time of the
-whole command (imports, model load, Optuna, MLflow, plots). All three must make the same choices.
+whole command (imports, model load, Optuna, MLflow, plots). Fast mode and the study must make paper mode's
+choices. Early mode (fast with early rejection, one chunk per batch) may make others: its row says how many
+modules differ, and its final loss and sparsity are measured on the whole calibration set.
 """
 
 from __future__ import annotations
@@ -60,6 +63,7 @@ def main() -> None:
     p.add_argument("--ctx-len", type=int, default=128)
     p.add_argument("--loss-inc", type=float, default=1.002)
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--no-study", action="store_true", help="skip the study (the slowest way)")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     print(f"{'model':22} {'way':6} {'trials':>6} {'loss passes':>11} {'stats passes':>12} {'fwd-equiv':>9} "
@@ -68,18 +72,28 @@ def main() -> None:
         loaded = load_model(source)
         spec = CalibrationSpec(source="heldout", ctx_len=args.ctx_len, count=args.count)
         results = {}
-        for mode in ("paper", "fast"):
+        for mode in ("paper", "fast", "early"):
             began = time.perf_counter()
             r = results[mode] = greedy_search(loaded, spec, mode, args.loss_inc)
             print(f"{source:22} {mode:6} {r.trials:6d} {r.cost.loss_passes:11d} {r.cost.stats_passes:12d} "
                   f"{r.cost.forward_equivalents:9.1f} {r.cost.seconds:7.1f} {time.perf_counter() - began:7.1f} "
                   f"{r.final_loss / r.dense_loss:10.4f} {r.sparsity:8.1%}")
+        fast, paper, early = results["fast"], results["paper"], results["early"]
+        early_differing = [n for n in early.levels if early.levels[n] != paper.levels[n]]
+        print(f"{source:22} early/paper: {early.cost.forward_equivalents / paper.cost.forward_equivalents:.3f}x FE, "
+              f"{early.cost.seconds / paper.cost.seconds:.3f}x evaluation time, early/fast: "
+              f"{early.cost.forward_equivalents / fast.cost.forward_equivalents:.3f}x FE; sparsity "
+              f"{100 * (early.sparsity - paper.sparsity):+.2f} points, loss ratio "
+              f"{early.final_loss / early.dense_loss - paper.final_loss / paper.dense_loss:+.4f} against paper; "
+              f"{len(early_differing)} of {len(paper.levels)} modules differ; "
+              f"{early.cost.loss_batches} one-chunk loss batches")
+        if args.no_study:
+            continue
         with tempfile.TemporaryDirectory() as tmp:
             s = study(source, spec, args.loss_inc, args.threads, Path(tmp))
         c = s["cost"]
         print(f"{source:22} {'study':6} {c['trials']:6d} {'':>11} {'':>12} {c['total_forward_equivalents']:9.1f} "
               f"{c['seconds']:7.1f} {s['wall']:7.1f}")
-        fast, paper = results["fast"], results["paper"]
         differing = [n for n in fast.levels if fast.levels[n] != paper.levels[n]]
         study_differing = [n for n in paper.levels if s["final"]["params"][n] != paper.levels[n]]
         print(f"{source:22} fast/paper: {fast.cost.forward_equivalents / paper.cost.forward_equivalents:.3f}x FE, "

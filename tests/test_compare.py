@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import optuna
 import pytest
@@ -96,6 +97,7 @@ def test_a_small_comparison_runs_reports_tracks_and_resumes(tmp_path, capsys):
     ({"samplers": [{"name": "tpe", "options": {"n_startup": 3}}]}, "samplers.0"),
     ({"samplers": [{"name": "hybrid", "options": {"base": "cmaes"}}]}, "samplers.0.options.base"),
     ({"study": "missing.yaml"}, "no such file"),
+    ({"references": [{"label": "learned", "thresholds": "missing.json"}]}, "references.0.thresholds"),
 ])
 def test_bad_comparison_files_exit_2_naming_file_and_field(tmp_path, capsys, overrides, match):
     path = write(tmp_path, **overrides)
@@ -105,11 +107,24 @@ def test_bad_comparison_files_exit_2_naming_file_and_field(tmp_path, capsys, ove
     assert not (tmp_path / "run").exists()  # nothing created before the input is known good
 
 
-def test_budgets_in_forward_equivalents(tmp_path, capsys):
+def test_budgets_in_forward_equivalents_and_reference_points(tmp_path, capsys):
+    from thresh_opt.models import load_model
+
+    names = load_model("embedded:rwkv4-tiny").thresholded.names
+    (tmp_path / "dense.json").write_text(json.dumps(dict.fromkeys(names, 0.0)))
+    (tmp_path / "all-zero.json").write_text(json.dumps(dict.fromkeys(names, 1e9)))  # nothing passes: 100% sparse
     path = write(tmp_path, trials=40, budgets=[10], forward_equivalents=4.0, baselines={"dense": True, "uniform": []},
-                 samplers=[{"name": "random"}, {"label": "greedy", "name": "greedy", "options": {"loss_inc": [1.01]}}])
+                 samplers=[{"name": "random"}, {"label": "greedy", "name": "greedy", "options": {"loss_inc": [1.01]}}],
+                 references=[{"label": "dense", "thresholds": "dense.json"},
+                             {"label": "all-zero", "thresholds": "all-zero.json"}])
     assert main(["study", "compare", str(path), "--json", "--seeds", "0"]) == 0
     out = json.loads(capsys.readouterr().out)
+    refs = {r["label"]: r["values"] for r in out["references"]}
+    assert refs["dense"]["loss_ratio"] == pytest.approx(1.0) and refs["all-zero"]["loss_ratio"] > 1.05
+    summary = json.loads((tmp_path / "run" / "report" / "summary.json").read_text())
+    reached = {r["label"]: r["reached_by"] for r in summary["references"]}
+    # every study's dense baseline reaches the dense point; no feasible trial reaches 100% sparsity
+    assert sorted(reached["dense"]) == ["greedy", "random"] and reached["all-zero"] == []
     assert out["fe_budgets"] == [1.0, 2.0, 4.0]  # a quarter, half and all of the budget
     for s in studies(tmp_path).values():
         fe = analysis.cost_history(s)
@@ -122,6 +137,7 @@ def test_budgets_in_forward_equivalents(tmp_path, capsys):
         assert row["forward_equivalents"] == pytest.approx(fe[-1])
     report = (tmp_path / "run" / "report" / "report.md").read_text()
     assert "HV @2 FE" in report and "| FE |" in report
+    assert "| all-zero |" in report and "| none |" in report
 
 
 def test_only_names_a_label(tmp_path, capsys):
@@ -160,3 +176,14 @@ def test_the_shipped_comparison_files_are_valid(name):
     assert sum(c.label == "greedy" for c in contenders) == 1  # deterministic: one run
     assert ccfg.baselines.uniform == [0.3, 0.5, 0.7]  # stated in the file: every study gets the same
     assert all(c.cfg.baselines == ccfg.baselines for c in contenders)
+
+
+def test_the_deciding_comparison_file():
+    from thresh_opt.study.compare import load_compare
+    from thresh_opt.study.config import REPO_DIR
+
+    ccfg, _template, contenders = load_compare(REPO_DIR / "studies" / "compare-embedded-10seeds.yaml")
+    assert len(ccfg.seeds) >= 10 and ccfg.fe_budgets == [30, 60, 120, 240]
+    assert sum(c.label == "tpe" for c in contenders) == 10 and sum(c.label == "sensitivity" for c in contenders) == 1
+    learned = [json.loads(Path(r.thresholds).read_text()) for r in ccfg.references]
+    assert len(learned) == 3 and all(len(t) == 42 for t in learned)  # one threshold per rwkv4-tiny module

@@ -18,7 +18,7 @@ from optuna.testing.pytest_samplers import BasicSamplerTestCase, MultiObjectiveS
 from test_study import FAST
 
 from thresh_opt.cli import main
-from thresh_opt.samplers import GreedySampler, HybridSampler, SensitivitySampler
+from thresh_opt.samplers import BlockSearchSampler, BlockwiseSampler, GreedySampler, HybridSampler, SensitivitySampler
 
 SPACE = {"blocks.0.a": [0.0, 0.2, 0.4], "blocks.1.a": [0.0, 0.2, 0.4]}
 
@@ -111,3 +111,35 @@ class TestSensitivityMultiObjective(MultiObjectiveSamplerTestCase):
     @pytest.fixture
     def sampler(self):
         return sensitivity
+
+
+def blockwise() -> BlockwiseSampler:
+    return BlockwiseSampler(SPACE, targets=[0.2, 0.4])
+
+
+def blocksearch() -> BlockSearchSampler:
+    return BlockSearchSampler(SPACE, seed=0, n_startup_trials=2)
+
+
+class TestBlockwiseBasic(BasicSamplerTestCase):
+    @pytest.fixture
+    def sampler(self):
+        return blockwise
+
+
+class TestBlockwiseMultiObjective(MultiObjectiveSamplerTestCase):
+    @pytest.fixture
+    def sampler(self):
+        return blockwise
+
+
+class TestBlockSearchBasic(BasicSamplerTestCase):
+    @pytest.fixture
+    def sampler(self):
+        return blocksearch
+
+
+class TestBlockSearchMultiObjective(MultiObjectiveSamplerTestCase):
+    @pytest.fixture
+    def sampler(self):
+        return blocksearch

@@ -16,6 +16,7 @@ HARDWARE = "thresh_opt:hardware"
 OBJECTIVES = "thresh_opt:objectives"
 REFERENCE_FE = "thresh_opt:reference_forward_equivalents"  # the dense reference's passes
 STATISTICS = "thresh_opt:statistics"  # how target sparsities became thresholds
+CRITERION = "thresh_opt:criterion"  # what thresholds compare with: {"name", "model": the study's model section}
 WORKERS = "thresh_opt:workers"  # where each Ray worker ran: node, pid, device, GPUs Ray gave it
 WORKER_DEATHS = "thresh_opt:worker_deaths"  # workers lost (and replaced) over the study's runs
 LEASE_PREFIX = "thresh_opt:lease:"  # + driver id (study system attribute): when that driver's lease expires
@@ -28,6 +29,10 @@ CACHE_MB = "cache_mb"
 DRIVER = "thresh_opt:driver"  # trial system attribute: the driver that asked for it
 WORKER_LOST = "worker_lost"  # why the trial's worker died (the trial is PRUNED: abandoned, issued again)
 SKIPPED = "skipped"  # objective -> why it was not computed (the trial is PRUNED)
+CALIBRATION_CHUNKS = "calibration_batches"  # early rejection: calibration batches its loss was measured on
+EARLY_REJECTED = "early_rejected"  # early rejection: 1 when the test rejected it before the last batch, else 0
+EARLY_ACCEPTED = "early_accepted"  # early rejection: 1 when the test accepted it before the last batch, else 0
+PARTIAL_LOSS = "partial_calibration_loss"  # early rejection: mean token loss over the batches measured
 
 # run folder files (runs/<study name>/ by default)
 JOURNAL_FILE = "optuna.journal"  # the Optuna journal (also what optuna-dashboard reads)

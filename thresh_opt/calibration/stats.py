@@ -20,7 +20,8 @@ if TYPE_CHECKING:
 
 @dataclass(frozen=True)
 class ActivationStats:
-    """Per module, the mean over tokens of the per-token |x| quantile at each target sparsity level."""
+    """Per module, the mean over tokens of the per-token quantile of the criterion's score (|x|, or
+    |x| * column norm under ``weight_norm``) at each target sparsity level."""
 
     levels: list[float]
     thresholds: dict[str, list[float]]
@@ -43,19 +44,29 @@ class ActivationStats:
 DEFAULT_LEVELS = [round(0.01 * i, 2) for i in range(1, 100)]
 
 
+Score = Callable[[int, torch.Tensor], torch.Tensor]
+
+
+def _magnitude(_i: int, x: torch.Tensor) -> torch.Tensor:
+    return x.detach().abs().float()
+
+
 class QuantileSums:
-    """An observer (see ThresholdedModel.observe) summing each token's |x| quantiles at the levels.
+    """An observer (see ThresholdedModel.observe) summing each token's score quantiles at the levels.
 
     Args:
         names: all site names, in site order.
         levels: target sparsities.
         device: where the sums live.
         only: site indices to observe (default: all).
+        score: site index, input -> what its threshold is compared with (float32); pass the model's
+            `ThresholdedModel.score` so that the statistics follow its criterion (default: |x|).
     """
 
     def __init__(self, names: list[str], levels: list[float], device: torch.device,
-                 only: set[int] | None = None) -> None:
+                 only: set[int] | None = None, score: Score | None = None) -> None:
         self.names, self.levels, self.only = names, list(levels), only
+        self._score = score or _magnitude
         self._q = torch.tensor(self.levels, device=device)
         self._sums: dict[int, torch.Tensor] = {}
         self._counts: dict[int, int] = {}
@@ -65,7 +76,7 @@ class QuantileSums:
         if self.only is not None and i not in self.only:
             return
         # (levels, tokens)
-        per_token = torch.quantile(x.detach().abs().float().reshape(-1, x.shape[-1]), self._q, dim=-1)
+        per_token = torch.quantile(self._score(i, x).reshape(-1, x.shape[-1]), self._q, dim=-1)
         if mask is not None:
             per_token = per_token[:, mask.reshape(-1)]
         self._sums[i] = self._sums.get(i, 0) + per_token.sum(dim=1).double()
@@ -91,7 +102,7 @@ def activation_stats(
     procedure instead recomputes a module's statistics after every upstream choice.
     """
     device = next(tm.model.parameters()).device
-    sums = QuantileSums(tm.names, levels, device)
+    sums = QuantileSums(tm.names, levels, device, score=tm.score)
     with tm.observe(sums):
         batches = chunks.split(batch_size)
         for done, batch in enumerate(batches, 1):
@@ -113,9 +124,12 @@ def model_fingerprint(model: torch.nn.Module) -> str:
 def stats_cache_path(loaded: LoadedModel, spec: CalibrationSpec, levels: list[float] = DEFAULT_LEVELS,
                      cache: Path | None = None, thresholds: dict[str, float] | None = None) -> Path:
     """Where the statistics of the calibration set under these thresholds (default: the model's current
-    ones) are cached."""
-    thresholds = loaded.thresholded.thresholds if thresholds is None else thresholds
+    ones) are cached, under the model's criterion."""
+    tm = loaded.thresholded
+    thresholds = tm.thresholds if thresholds is None else thresholds
     parts = [model_fingerprint(loaded.model), chunks_key(spec, loaded), json.dumps(levels), json.dumps(thresholds)]
+    if tm.criterion != "magnitude":  # magnitude statistics keep the keys they were cached under
+        parts.append(tm.criterion)
     key = hashlib.sha256("\n".join(parts).encode()).hexdigest()[:24]
     return (cache or cache_dir()) / "stats" / f"{key}.json"
 

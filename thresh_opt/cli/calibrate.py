@@ -13,6 +13,7 @@ from thresh_opt.cli._common import add_model_options, console, emit_json, load_f
 
 if TYPE_CHECKING:
     from thresh_opt.calibration import CalibrationSpec
+    from thresh_opt.models.criterion import Criterion
 
 SHOWN_LEVELS = (0.1, 0.3, 0.5, 0.7, 0.9)
 
@@ -28,6 +29,20 @@ def add_calibration_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--split", default="train", help="dataset split (hub datasets)")
     p.add_argument("--documents", type=int, help="use only the first N documents")
     p.add_argument("--cache-dir", type=Path, help="cache folder (default $THRESH_OPT_CACHE or ~/.cache/thresh-opt)")
+
+
+def add_criterion_option(p: argparse.ArgumentParser) -> None:
+    """--criterion: what thresholds are compared with, wherever they are computed from statistics."""
+    p.add_argument("--criterion", default="magnitude",
+                   help="threshold |x| (magnitude, default) or |x| times the column norm of the consuming "
+                        "maps (weight_norm, WINA)")
+
+
+def criterion_from_args(args: argparse.Namespace) -> Criterion:
+    """The checked --criterion (before the model loads: a bad value fails at once)."""
+    from thresh_opt.models.criterion import check_criterion
+
+    return check_criterion(args.criterion, "--criterion")
 
 
 def spec_from_args(args: argparse.Namespace) -> CalibrationSpec:
@@ -49,6 +64,7 @@ def register(groups: argparse._SubParsersAction) -> None:
     p = groups.add_parser("calibrate", help="compute and cache activation statistics")
     add_model_options(p)
     add_calibration_options(p)
+    add_criterion_option(p)
     p.add_argument("--json", action="store_true", help="one JSON object on stdout")
     p.set_defaults(func=cmd_calibrate)
 
@@ -58,7 +74,9 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     from thresh_opt.calibration import cached_activation_stats, calibration_chunks
 
     spec = spec_from_args(args)
+    criterion = criterion_from_args(args)
     loaded = load_from_args(args)
+    loaded.thresholded.set_criterion(criterion)
     with console.status("tokenizing the calibration set"):
         chunks = calibration_chunks(loaded, spec, args.cache_dir)
     with Progress(console=console, transient=True) as progress:
@@ -69,10 +87,11 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
         )
     shown = {level: stats.at(level) for level in SHOWN_LEVELS}
     if args.json:
-        emit_json({"model": loaded.source, "calibration": spec.model_dump(), "chunks": list(chunks.shape),
+        emit_json({"model": loaded.source, "criterion": loaded.thresholded.criterion,
+                   "calibration": spec.model_dump(), "chunks": list(chunks.shape),
                    "levels": stats.levels, "thresholds": stats.thresholds})
         return 0
-    table = Table(title=f"{loaded.source}: thresholds for target sparsity "
+    table = Table(title=f"{loaded.source}: {loaded.thresholded.criterion} thresholds for target sparsity "
                         f"({chunks.shape[0]} x {chunks.shape[1]} tokens)")
     table.add_column("module")
     for level in SHOWN_LEVELS:

@@ -67,7 +67,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
 def _compare(args: argparse.Namespace) -> int:
     from thresh_opt.study import report
-    from thresh_opt.study.compare import compare_run_dir, evaluations, run_contender
+    from thresh_opt.study.compare import compare_run_dir, evaluations, measure_references, run_contender
     from thresh_opt.study.executors import make_executor
     from thresh_opt.tracking import CompareTracker
 
@@ -100,13 +100,14 @@ def _compare(args: argparse.Namespace) -> int:
                                **{f"hv_at_{b:g}fe": s.hv_at_fe(b) for b in ccfg.fe_budgets}, "front_size": s.front_size,
                                "evaluations": s.evaluations, "forward_equivalents": s.forward_equivalents,
                                "wall_seconds": s.wall_seconds}, s.history)
-    files, rows = report.write_report(ccfg, studies, summaries, run_dir / keys.REPORT_DIR, str(source))
+        references = measure_references(ccfg, executor, [o.name for o in template.objectives])
+    files, rows = report.write_report(ccfg, studies, summaries, run_dir / keys.REPORT_DIR, str(source), references)
     tracker.log_artifacts(files, folder=keys.REPORT_DIR)
     tracker.finish("FINISHED")
     if args.json:
         emit_json({"compare": ccfg.name, "run_dir": str(run_dir),
                    "report": str(run_dir / keys.REPORT_DIR / "report.md"),
-                   "budgets": ccfg.budgets, "fe_budgets": ccfg.fe_budgets, "rows": rows})
+                   "budgets": ccfg.budgets, "fe_budgets": ccfg.fe_budgets, "rows": rows, "references": references})
         return 0
     _print(ccfg, rows, run_dir)
     return 0

@@ -8,7 +8,7 @@ from pathlib import Path
 from rich.table import Table
 
 from thresh_opt.cli._common import add_model_options, console, emit_json, load_from_args, read_json_object
-from thresh_opt.cli.calibrate import add_calibration_options, spec_from_args
+from thresh_opt.cli.calibrate import add_calibration_options, add_criterion_option, criterion_from_args, spec_from_args
 from thresh_opt.errors import UserError
 
 
@@ -32,6 +32,7 @@ def register(groups: argparse._SubParsersAction) -> None:
     p.add_argument("--eval-text", type=Path, help="text for perplexity / next-word accuracy (default: held-out half)")
     p.add_argument("--profile", type=Path, help="SENECA hardware profile YAML (default: the shipped one)")
     add_calibration_options(p)
+    add_criterion_option(p)
     p.add_argument("--json", action="store_true", help="one JSON object on stdout")
     p.set_defaults(func=cmd_evaluate)
 
@@ -58,7 +59,9 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         raise UserError(f"--eval-text {args.eval_text}: no such file")
     thresholds = read_json_object(args.thresholds, "thresholds") if args.thresholds else None
     spec = spec_from_args(args)
+    criterion = criterion_from_args(args)
     loaded = load_from_args(args)
+    loaded.thresholded.set_criterion(criterion)  # --thresholds are compared with this criterion's score too
     evaluator = Evaluator(
         loaded, objectives, calibration=spec, tasks=tasks, limit=args.limit, profile=args.profile, cache=args.cache_dir,
         include_path=include_path,
@@ -77,9 +80,10 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     with console.status("evaluating"):
         result = evaluator.evaluate(thresholds)
     if args.json:
-        emit_json({"model": loaded.source, "thresholds": loaded.thresholded.thresholds, **result.to_dict()})
+        emit_json({"model": loaded.source, "criterion": loaded.thresholded.criterion,
+                   "thresholds": loaded.thresholded.thresholds, **result.to_dict()})
         return 0
-    table = Table(title=f"{loaded.source}: objectives ({result.seconds:.1f} s)")
+    table = Table(title=f"{loaded.source}: objectives, {loaded.thresholded.criterion} ({result.seconds:.1f} s)")
     for col in ("objective", "value", "dense", "better"):
         table.add_column(col, justify="left" if col in ("objective", "better") else "right")
     for name, value in result.values.items():

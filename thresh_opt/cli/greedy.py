@@ -1,4 +1,4 @@
-"""`thresh-opt greedy`: the published greedy search run directly on a model, paper or fast mode."""
+"""`thresh-opt greedy`: the published greedy search run directly on a model, paper, fast or early mode."""
 
 from __future__ import annotations
 
@@ -28,18 +28,21 @@ def _levels(text: str) -> list[float]:
 
 def register(groups: argparse._SubParsersAction) -> None:
     """Add the `greedy` command."""
-    p = groups.add_parser("greedy", help="run the published greedy threshold search on a model (paper or fast mode)")
+    p = groups.add_parser("greedy", help="run the published greedy threshold search on a model "
+                                         "(paper, fast or early mode)")
     add_model_options(p)
     add_calibration_options(p)
     p.set_defaults(count=8)
-    p.add_argument("--mode", choices=("fast", "paper", "both"), default="fast",
-                   help="fast (cached block inputs, default), paper (the published procedure) or both, compared")
+    p.add_argument("--mode", choices=("fast", "paper", "early", "both"), default="fast",
+                   help="fast (cached block inputs, default), paper (the published procedure), early (fast with "
+                        "early rejection: candidates stopped once a sequential test on part of the chunks decides) "
+                        "or both (paper and fast), compared")
     p.add_argument("--loss-inc", type=float, default=1.0005,
                    help="tolerance on loss / last accepted loss (default 1.0005)")
     p.add_argument("--levels", type=_levels, help="candidate target sparsities (default 0.1,0.2,...,0.9)")
     p.add_argument("--no-warm-start", action="store_true", help="plain scan from the lowest candidate for every module")
     p.add_argument("--keep-first", action="store_true", help="the public code's quirk: keep a failing first candidate")
-    p.add_argument("--batch-size", type=int, default=8, help="chunks per forward call (default 8)")
+    p.add_argument("--batch-size", type=int, help="chunks per forward call (default 8; 1 in early mode)")
     p.add_argument("--output", type=Path, help="write the chosen thresholds (JSON) here, for `thresh-opt evaluate`")
     p.add_argument("--json", action="store_true", help="one JSON object on stdout")
     p.set_defaults(func=cmd_greedy)
@@ -59,7 +62,7 @@ def cmd_greedy(args: argparse.Namespace) -> int:
         tolerances(args.loss_inc)
     except ValueError as exc:
         raise UserError(f"--loss-inc: {exc}") from None
-    if args.batch_size < 1:
+    if args.batch_size is not None and args.batch_size < 1:
         raise UserError("--batch-size: must be >= 1")
     spec = spec_from_args(args)
     loaded = load_from_args(args)

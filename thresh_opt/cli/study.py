@@ -166,6 +166,7 @@ def cmd_enqueue(args: argparse.Namespace) -> int:
     except UserError as exc:
         raise UserError(f"{args.thresholds}: {exc}") from None
     loaded.thresholded.reset_thresholds()
+    loaded.thresholded.set_criterion(space_cfg.criterion)  # the thresholds file's values are of this criterion
     stats = cached_activation_stats(loaded, cfg.calibration)
     space = SearchSpace.build(space_cfg, loaded.thresholded.sites)
     params = space.params_for(thresholds, stats)
@@ -245,9 +246,9 @@ def cmd_show(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    """Write a trial's thresholds as JSON and safetensors, and its SENECA report."""
-    import torch
-    from safetensors.torch import save_file
+    """Write a trial's thresholds as JSON and safetensors (with the criterion, and under ``weight_norm`` the
+    per-channel scales and thresholds: see `thresh_opt.study.export`), and its SENECA report."""
+    from thresh_opt.study.export import ExportedThresholds
 
     study = _load(args)
     trials = {t.number: t for t in study.trials}
@@ -257,19 +258,28 @@ def cmd_export(args: argparse.Namespace) -> int:
     if "thresholds" not in t.user_attrs:
         raise UserError(f"--trial {args.trial}: state {t.state.name}, no thresholds stored")
     thresholds = json.loads(t.user_attrs["thresholds"])
+    criterion = study.user_attrs.get(keys.CRITERION) or {"name": "magnitude"}  # studies from before criteria
+    if criterion["name"] == "magnitude":
+        exported = ExportedThresholds("magnitude", thresholds)
+    else:  # the per-channel scales come from the weights
+        from thresh_opt.models import load_model
+
+        m = criterion["model"]
+        with console.status(f"loading {m['source']} for its column norms"):
+            loaded = load_model(m["source"], dtype=m["dtype"], device="cpu", placement=m.get("placement"))
+        loaded.thresholded.set_criterion(criterion["name"])
+        loaded.thresholded.set_thresholds(thresholds)
+        exported = ExportedThresholds.from_model(loaded.thresholded)
     out = args.out or (args.target if args.target.is_dir() else Path(".")) / keys.EXPORT_DIR / f"trial-{args.trial}"
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "thresholds.json").write_text(json.dumps(thresholds, indent=1))
-    save_file({k: torch.tensor([v], dtype=torch.float32) for k, v in thresholds.items()},
-              out / "thresholds.safetensors")
+    written = exported.write(out)
     numbers = {k: v for k, v in t.user_attrs.items() if isinstance(v, (int, float))}
-    report = {"trial": t.number, "params": t.params, "objectives": numbers,
+    report = {"trial": t.number, "params": t.params, "criterion": exported.criterion, "objectives": numbers,
               "per_module_sparsity": json.loads(t.user_attrs.get("per_module_sparsity", "{}"))}
     hw = study.user_attrs.get(keys.HARDWARE)
     if hw and report["per_module_sparsity"]:
         report["seneca"] = _seneca_report(hw, report["per_module_sparsity"], study.user_attrs.get(keys.DENSE_SPARSITY))
     (out / "report.json").write_text(json.dumps(report, indent=1))
-    console.print(f"wrote {out}/thresholds.json, thresholds.safetensors, report.json", highlight=False)
+    console.print(f"wrote {out}/{', '.join(written)}, report.json", highlight=False)
     return 0
 
 
@@ -282,5 +292,8 @@ def _seneca_report(hw: dict[str, Any], sparsity: dict[str, float], dense: dict[s
     dims = ModelDims(**hw["dims"])
     sites = sites_from_placement([SimpleNamespace(**s) for s in hw["sites"]], dims)
     profile = load_profile(hw.get("profile"))  # the study's profile, or the shipped one
-    return compare(dims, sparsity, dense or {}, profile=profile, sites=sites).to_dict()
+    from thresh_opt.hardware.seneca import THRESHOLD_COST_NOTE
+
+    return {**compare(dims, sparsity, dense or {}, profile=profile, sites=sites).to_dict(),
+            "thresholds": THRESHOLD_COST_NOTE}
 

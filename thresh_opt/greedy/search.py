@@ -8,7 +8,12 @@ decisions are the sampler's; the mode only chooses how the worker measures:
   statistics, a full pass per candidate);
 - ``fast``: incremental evaluation (:mod:`thresh_opt.incremental`): passes start at the block under
   search from kept block inputs, each module's statistics come from the accepted pass's record, and a
-  candidate whose thresholds were evaluated before costs nothing.
+  candidate whose thresholds were evaluated before costs nothing;
+- ``early``: fast, plus early rejection (:mod:`thresh_opt.incremental.sequential`): each candidate is
+  measured one batch (by default one chunk) at a time against its reference and stopped once a paired
+  sequential test decides it, either way. Choices may differ from the other modes (a test on part of the
+  set can err); the final configuration is measured on the whole set, so its reported loss and sparsity
+  are exact (that pass is counted in the cost).
 """
 
 from __future__ import annotations
@@ -28,7 +33,7 @@ if TYPE_CHECKING:
     from thresh_opt.models import LoadedModel
 
 LINEAR_LEVELS = [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9]
-MODES = ("fast", "paper")
+MODES = ("fast", "paper", "early")
 
 
 @dataclass
@@ -83,7 +88,7 @@ def greedy_search(
     levels: list[float] | None = None,
     warm_start: bool = True,
     keep_first: bool = False,
-    batch_size: int = 8,
+    batch_size: int | None = None,
     on_module: Callable[[int, int], None] | None = None,
     cache_mb: float = 512.0,
     cache_dir: Path | None = None,
@@ -93,12 +98,14 @@ def greedy_search(
     Args:
         loaded: the model (its thresholds are reset to 0 first).
         calibration: the calibration set; the same set gives statistics and losses.
-        mode: "paper" (every pass from the tokens) or "fast" (incremental evaluation).
+        mode: "paper" (every pass from the tokens), "fast" (incremental evaluation) or "early" (incremental
+            with early rejection).
         loss_inc: accept a candidate while loss / last accepted loss < loss_inc.
         levels: candidate target sparsities, ascending (default 0.1..0.9).
         warm_start: start each module at the most frequent choice of its kind so far.
         keep_first: the public code's quirk: keep the first candidate even when it fails.
-        batch_size: chunks per forward call.
+        batch_size: chunks per forward call (default 8; 1 in early mode, where a batch is the unit a test
+            looks at).
         on_module: progress callback (modules decided, module count).
         cache_mb: the incremental engine's memory budget.
         cache_dir: the disk cache of calibration tokens (default: $THRESH_OPT_CACHE).
@@ -119,6 +126,7 @@ def greedy_search(
     if mode not in MODES:
         raise ValueError(f"greedy mode {mode!r}; allowed: {', '.join(MODES)}")
     levels = sorted(levels or LINEAR_LEVELS)
+    batch_size = batch_size or (1 if mode == "early" else 8)
     began = time.perf_counter()
     tm = loaded.thresholded
     tm.reset_thresholds()
@@ -129,7 +137,8 @@ def greedy_search(
         sampler=SamplerConfig(name="greedy", options={"loss_inc": loss_inc, "warm_start": warm_start,
                                                       "keep_first": keep_first}),
         trials=1 + n * len(levels), baselines=BaselineConfig(dense=False, uniform=[]),
-        evaluation=EvaluationConfig(incremental=mode == "fast", cache_mb=cache_mb, batch_size=batch_size))
+        evaluation=EvaluationConfig(incremental=mode != "paper", cache_mb=cache_mb, batch_size=batch_size,
+                                    early_rejection=mode == "early"))
     space = SearchSpaceConfig(grouping="module", levels=levels, statistics="sequential")
     worker = TrialWorker(cfg, space, loaded=loaded, cache=cache_dir)
 
@@ -147,8 +156,12 @@ def greedy_search(
     trial = study.trials[final["trial"]]  # the accepted configuration was a trial (the dense one at worst)
     choices = [ModuleChoice(name, state.accepted[name], final["thresholds"][name], state.tried.get(name, []))
                for name in tm.names]
+    loss, sparsity = trial.user_attrs["calibration_loss"], trial.user_attrs["sparsity"]
+    per_module = json.loads(trial.user_attrs["per_module_sparsity"])
+    if mode == "early":  # the final trial may have been screened (an estimate): measure it on every batch
+        outcome = worker.engine.evaluate([final["thresholds"][name] for name in tm.names])
+        report = tm.sparsity(outcome.counts)
+        loss, sparsity, per_module = outcome.loss, report.mac_weighted, report.per_module
     tm.set_thresholds(final["thresholds"])
-    return GreedyResult(mode, float(loss_inc), study.user_attrs[keys.DENSE]["calibration_loss"],
-                        trial.user_attrs["calibration_loss"], trial.user_attrs["sparsity"], choices, worker.engine.cost,
-                        time.perf_counter() - began, json.loads(trial.user_attrs["per_module_sparsity"]),
-                        len(study.trials))
+    return GreedyResult(mode, float(loss_inc), study.user_attrs[keys.DENSE]["calibration_loss"], loss, sparsity,
+                        choices, worker.engine.cost, time.perf_counter() - began, per_module, len(study.trials))

@@ -13,6 +13,9 @@ Mapping (each choice an assumption, stated in the README):
   SOps / (NPEs * cores) plus event overhead): the time per token of a placement that keeps every core
   busy, pipelined over tokens. NoC transfers overlap computation. One token's own path, layer after
   layer on each map's cores, is longer, and its gain follows the unweighted density ratio instead.
+- Thresholds: every input neuron compares its value with its own threshold, so a per-input-channel
+  threshold (criterion ``weight_norm``: t / ||W[:, i]||) costs the same as one per module; a criterion
+  changes energy and latency only through the sparsity it gives.
 """
 
 from __future__ import annotations
@@ -34,6 +37,9 @@ from thresh_opt.hardware.dims import (
 )
 from thresh_opt.hardware.profile import HardwareProfile, load_profile
 
+THRESHOLD_COST_NOTE = ("per-input-channel thresholds (criterion weight_norm: t / ||W[:, i]||) cost nothing extra: "
+                       "every neuron carries its own threshold; a criterion changes energy and latency only "
+                       "through the sparsity it gives")
 WORK_KINDS = ("synops", "events", "noc", "readout", "elementwise", "recurrence", "attention", "embedding")
 
 

@@ -3,23 +3,29 @@ configurations, computed from what earlier passes left behind.
 
 The input of block j over the calibration set depends only on the thresholds of the sites in blocks
 before j, and the input of site m only on the thresholds of the sites before m. So, in one LRU store
-bounded in bytes, the engine keeps:
+bounded in bytes, the engine keeps, per batch of calibration chunks:
 
 - block inputs, keyed by the upstream thresholds, with the zero counts of the sites they skip: a pass
   for a configuration that agrees with an earlier one on blocks 0..j-1 starts at block j;
 - the raw input of the first site of each pass's dense tail (every later site at threshold 0): the
   statistics a front-to-back search needs next if this configuration is accepted; their quantiles
   (the costly part) are computed only when asked for;
-- every configuration's result and every module's statistics under given upstream thresholds, so
-  that nothing is measured twice.
+- every configuration's loss and zero counts on each batch, and every module's statistics under given
+  upstream thresholds, so that nothing is measured twice.
+
+Everything is kept per batch so that a configuration can be measured on some batches only (the early
+rejection of :mod:`thresh_opt.incremental.sequential`): a full result is only ever the sum over every
+batch, so a pass stopped after some batches is never taken for one.
 
 With ``incremental=False`` no block or module inputs are kept and every pass runs from the tokens: the
 cost of the published procedure (a full pass per loss, a full pass per module's statistics, each
-measured once). Work is counted in forward-equivalents (a full pass over the calibration set = 1).
+measured once). Work is counted in forward-equivalents (a full pass over the calibration set = 1; a
+pass over some batches, their share of the tokens).
 """
 
 from __future__ import annotations
 
+import contextlib
 import time
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Literal
@@ -29,12 +35,13 @@ import torch
 from thresh_opt.calibration.stats import DEFAULT_LEVELS, ActivationStats, QuantileSums
 from thresh_opt.incremental.cache import MB, LRUStore, StoreUsage
 from thresh_opt.models.prefix import PrefixRunner
+from thresh_opt.models.thresholded import Counts
 
 if TYPE_CHECKING:
-    from collections.abc import Sequence
+    from collections.abc import Iterable, Iterator, Sequence
 
-    from thresh_opt.models.prefix import PassResult
-    from thresh_opt.models.thresholded import Counts, Observer, ThresholdedModel
+    from thresh_opt.incremental.sequential import Screen
+    from thresh_opt.models.thresholded import Observer, ThresholdedModel
 
 Statistics = Literal["dense", "sequential"]
 STATISTICS = ("dense", "sequential")
@@ -42,7 +49,8 @@ STATISTICS = ("dense", "sequential")
 
 @dataclass
 class Cost:
-    """Work done, by purpose, in forward-equivalents (FE) and seconds."""
+    """Work done, by purpose, in forward-equivalents (FE) and seconds; `loss_batches` counts the batches
+    the loss passes ran (a pass over every batch counts them all)."""
 
     loss_passes: int = 0
     loss_fe: float = 0.0
@@ -50,6 +58,7 @@ class Cost:
     stats_fe: float = 0.0
     other_fe: float = 0.0  # other objectives' forwards (held-out text, lm-eval), by tokens run
     seconds: float = 0.0
+    loss_batches: int = 0
 
     @property
     def forward_equivalents(self) -> float:
@@ -60,58 +69,52 @@ class Cost:
         """The work done after the snapshot `before`."""
         return Cost(self.loss_passes - before.loss_passes, self.loss_fe - before.loss_fe,
                     self.stats_passes - before.stats_passes, self.stats_fe - before.stats_fe,
-                    self.other_fe - before.other_fe, self.seconds - before.seconds)
+                    self.other_fe - before.other_fe, self.seconds - before.seconds,
+                    self.loss_batches - before.loss_batches)
 
 
 @dataclass(frozen=True)
 class PassOutcome:
     """A configuration's calibration loss and zero counts, the block its pass started from, and whether it
-    was known already (no pass run)."""
+    was known already (no pass run). A screened outcome (`chunks` set: the batches measured, fewer than
+    all when it stopped early) holds the screen's loss estimate, `verdict` its decision ("accept" or
+    "reject"), `measured_loss` the mean token loss over the batches measured, and their zero counts."""
 
     loss: float
     counts: Counts
     start_block: int
     known: bool = False
+    chunks: int | None = None
+    verdict: str | None = None
+    measured_loss: float | None = None
+
+
+@dataclass(frozen=True)
+class BatchResult:
+    """A configuration's summed token loss, real tokens and zero counts on one batch."""
+
+    loss_sum: float
+    tokens: int
+    counts: Counts
 
 
 @dataclass(frozen=True)
 class _BlockInput:
-    inputs: list[torch.Tensor]  # one tensor per batch
-    counts: Counts  # valid for the sites before the block
+    inputs: torch.Tensor  # one batch
+    counts: Counts  # that batch's, valid for the sites before the block
 
 
 class _Recorder:
-    """Observer of one site during a pass: keeps its raw inputs (up to a byte budget; beyond it, their
-    quantiles are summed at once) so that its statistics cost nothing unless they are asked for."""
+    """Observer of one site during a pass: keeps its raw inputs per batch, so that its statistics cost
+    nothing unless they are asked for."""
 
-    def __init__(self, names: list[str], levels: list[float], device: torch.device, m: int, budget: int) -> None:
-        self.names, self.levels, self.device, self.m, self.budget = names, levels, device, m, budget
-        self.raw: list[tuple[torch.Tensor, torch.Tensor | None]] = []
-        self.sums: QuantileSums | None = None
-        self.nbytes = 0
+    def __init__(self, runner: PrefixRunner, m: int) -> None:
+        self.runner, self.m = runner, m
+        self.raw: dict[int, list[tuple[torch.Tensor, torch.Tensor | None]]] = {}
 
     def __call__(self, i: int, x: torch.Tensor, mask: torch.Tensor | None) -> None:
-        if i != self.m:
-            return
-        size = x.numel() * x.element_size()
-        if self.sums is None and self.nbytes + size <= self.budget:
-            self.raw.append((x.detach().clone(), mask))
-            self.nbytes += size
-            return
-        self._fold()
-        self.sums(i, x, mask)  # type: ignore[misc]
-
-    def _fold(self) -> None:
-        if self.sums is None:
-            self.sums = QuantileSums(self.names, self.levels, self.device, {self.m})
-        for x, mask in self.raw:
-            self.sums(self.m, x, mask)
-        self.raw, self.nbytes = [], 0
-
-    def stats(self) -> ActivationStats:
-        """The site's statistics over every recorded token."""
-        self._fold()
-        return self.sums.result()  # type: ignore[union-attr]
+        if i == self.m:
+            self.raw.setdefault(self.runner.batch, []).append((x.detach().clone(), mask))
 
 
 def _dense_tail(t: tuple[float, ...]) -> int:
@@ -120,6 +123,18 @@ def _dense_tail(t: tuple[float, ...]) -> int:
     while j > 0 and t[j - 1] == 0:
         j -= 1
     return j
+
+
+def combine(results: Iterable[BatchResult]) -> tuple[float, Counts]:
+    """Mean token loss and summed zero counts over batches, summed in the order given."""
+    loss_sum, tokens, zeros, counts = 0.0, 0, None, None
+    for r in results:
+        loss_sum += r.loss_sum
+        tokens += r.tokens
+        zeros = r.counts.zeros if zeros is None else tuple(a + b for a, b in zip(zeros, r.counts.zeros))
+        counts = Counts(zeros, r.counts.channels, (counts.tokens if counts else 0) + r.counts.tokens)
+    assert counts is not None  # at least one batch
+    return loss_sum / tokens, counts
 
 
 class IncrementalEngine:
@@ -133,7 +148,7 @@ class IncrementalEngine:
     Args:
         tm: the thresholded model (its thresholds are set by each call).
         chunks: the calibration token chunks; the same set gives losses and statistics.
-        batch_size: chunks per forward call.
+        batch_size: chunks per forward call (and the unit of a partial measurement).
         cache_mb: the store's budget in MB (block inputs, recorded module inputs, results, statistics).
         incremental: False runs every pass from the tokens (results and statistics are still kept).
         levels: target sparsities at which statistics are measured (thresholds interpolate between them).
@@ -143,6 +158,7 @@ class IncrementalEngine:
                  incremental: bool = True, levels: Sequence[float] = DEFAULT_LEVELS) -> None:
         self.tm, self.incremental, self.levels = tm, incremental, list(levels)
         self.runner = PrefixRunner(tm, chunks, batch_size)
+        self.n_batches = len(self.runner.batches)
         self.store = LRUStore(int(cache_mb * MB))
         self.names = tm.names
         self.n = len(self.names)
@@ -153,6 +169,9 @@ class IncrementalEngine:
         self.cost = Cost()
         self.last_start: int | None = None  # block the last evaluation's pass started from (None: known, no pass)
         self._dense_stats: ActivationStats | None = None
+        self._criterion = tm.criterion  # what every kept statistic measured
+        self._screen: Screen | None = None
+        self.last_screened: PassOutcome | None = None  # the outcome of the last screen run
 
     # ---- what is kept --------------------------------------------------------------------------
     def usage(self) -> StoreUsage:
@@ -160,72 +179,123 @@ class IncrementalEngine:
         return self.store.usage()
 
     def reset(self) -> None:
-        """Forget everything but the dense model's results (a new study starts from the same state)."""
+        """Forget everything but the dense model's results (a new study starts from the same state); also
+        those, and every statistic, when the model's criterion changed since they were measured."""
         self.store.clear()
+        if self.tm.criterion != self._criterion:
+            self.store = LRUStore(self.store.max_bytes)
+            self._dense_stats, self._criterion = None, self.tm.criterion
 
     def seed_dense_stats(self, stats: ActivationStats) -> None:
         """Use statistics of the dense model measured before (a disk cache) instead of a pass."""
         self._dense_stats = stats
 
-    def _start(self, t: tuple[float, ...], last: int) -> tuple[int, _BlockInput | None]:
-        """The deepest block <= `last` whose input under these upstream thresholds is kept."""
+    def _reusable(self, t: tuple[float, ...]) -> bool:
+        # the published procedure evaluates every candidate: without incremental evaluation only the dense
+        # model's results (the reference) are reused
+        return self.incremental or not any(t)
+
+    def _start(self, t: tuple[float, ...], last: int, b: int) -> tuple[int, _BlockInput | None]:
+        """The deepest block <= `last` whose input on batch b under these upstream thresholds is kept."""
         for j in range(last, 0, -1):
-            key = ("block", j, t[: self.first_site[j]])
+            key = ("block", j, t[: self.first_site[j]], b)
             if key in self.store:
                 return j, self.store.get(key)
         return 0, None
 
-    def _keep(self, t: tuple[float, ...], captured: dict[int, list[torch.Tensor]], counts: Counts) -> None:
-        for j, inputs in captured.items():
-            self.store.put(("block", j, t[: self.first_site[j]]), _BlockInput(inputs, counts))
-
-    def _run(self, t: tuple[float, ...], last_block: int, observers: list[Observer],
-             stop_site: int | None) -> tuple[int, PassResult, Counts]:
-        """One pass under thresholds t from the deepest kept block input, keeping the inputs it passes."""
-        start, entry = self._start(t, last_block) if self.incremental else (0, None)
+    def _run(self, t: tuple[float, ...], last_block: int, observers: list[Observer], stop_site: int | None,
+             batches: Sequence[int]) -> tuple[int, float, dict[int, tuple[float | None, int, Counts]]]:
+        """A pass under thresholds t over some batches, each from the deepest block input kept for it,
+        keeping the block inputs it passes. Returns the shallowest start, the cost, and per batch its loss
+        sum (None when stopped), real tokens and zero counts."""
+        groups: dict[int, list[tuple[int, _BlockInput | None]]] = {}
+        for b in batches:
+            start, entry = self._start(t, last_block, b) if self.incremental else (0, None)
+            groups.setdefault(start, []).append((b, entry))
         stop_block = self.runner.n_blocks - 1 if stop_site is None else self.tm.sites[stop_site].block
-        captures = range(start + 1, stop_block + 1) if self.incremental else ()
         self.tm.set_thresholds(list(t))
-        self.tm.reset_counts()
-        result = self.runner.run(start, entry.inputs if entry else None, captures, observers, stop_site)
-        counts = self.tm.counts()
-        if entry is not None:
-            counts = counts.merged(entry.counts, self.first_site[start])
-        self._keep(t, result.captured, counts)
-        return start, result, counts
+        cost, out = 0.0, {}
+        for start, members in sorted(groups.items()):
+            captures = range(start + 1, stop_block + 1) if self.incremental else ()
+            self.tm.reset_counts()
+            inputs = [e.inputs for _, e in members if e is not None] if start else None
+            result = self.runner.run(start, inputs, captures, observers, stop_site, [b for b, _ in members])
+            cost += result.cost
+            for pos, (b, entry) in enumerate(members):
+                counts = result.batch_counts[pos]
+                if entry is not None:
+                    counts = counts.merged(entry.counts, self.first_site[start])
+                for j, kept in result.captured.items():
+                    self.store.put(("block", j, t[: self.first_site[j]], b), _BlockInput(kept[pos], counts))
+                out[b] = (result.batch_losses[pos], result.batch_tokens[pos], counts)
+        return min(groups), cost, out
 
     # ---- losses ----------------------------------------------------------------------------------
-    def evaluate(self, thresholds: Sequence[float]) -> PassOutcome:
-        """Calibration loss and zero counts of a configuration; the model is left at its thresholds."""
+    @contextlib.contextmanager
+    def screening(self, screen: Screen) -> Iterator[None]:
+        """Inside this block, evaluating the screen's candidate runs the screen (a sequential test against
+        its reference, batch by batch) instead of a full pass; see :mod:`thresh_opt.incremental.sequential`."""
+        self._screen, self.last_screened = screen, None
+        try:
+            yield
+        finally:
+            self._screen = None
+
+    def batch_results(self, thresholds: Sequence[float], batches: Sequence[int]) -> list[BatchResult]:
+        """A configuration's result on each of these batches (measured when not known: a loss pass over
+        those batches alone, counted as such); the model is left at its thresholds."""
         t = tuple(float(x) for x in thresholds)
-        # the published procedure evaluates every candidate: without incremental evaluation only the dense
-        # model's result (the reference) is reused
-        known = self.store.get(("result", t)) if self.incremental or not any(t) else None
+        reuse = self._reusable(t)
+        known = {b: r for b in batches if reuse and (r := self.store.get(("batch", t, b))) is not None}
+        missing = [b for b in batches if b not in known]
+        self.tm.set_thresholds(list(t))
+        self.last_start = None
+        if missing:
+            began = time.perf_counter()
+            tail, recorder = _dense_tail(t), None
+            observers: list[Observer] = []
+            if self.incremental and tail < self.n and not self._has_stats(tail, t):
+                recorder = _Recorder(self.runner, tail)
+                observers.append(recorder)
+            start, cost, out = self._run(t, self.runner.n_blocks - 1, observers, None, missing)
+            for b, raw in (recorder.raw if recorder is not None else {}).items():
+                self.store.put(("raw", tail, t[:tail], b), raw)
+            for b, (loss_sum, tokens, counts) in out.items():
+                assert loss_sum is not None  # a pass to the head
+                known[b] = BatchResult(loss_sum, tokens, counts)
+                if reuse:
+                    self.store.put(("batch", t, b), known[b], pin=not any(t))
+            self.last_start = start
+            self.cost.loss_passes += 1
+            self.cost.loss_batches += len(missing)
+            self.cost.loss_fe += cost
+            self.cost.seconds += time.perf_counter() - began
+        return [known[b] for b in batches]
+
+    def evaluate(self, thresholds: Sequence[float]) -> PassOutcome:
+        """Calibration loss and zero counts of a configuration over every batch (inside :meth:`screening`,
+        of the screen's candidate: the screen's outcome); the model is left at its thresholds."""
+        t = tuple(float(x) for x in thresholds)
+        if self._screen is not None and self._screen.candidate == t:
+            self.last_screened = self._screen.run(self)
+            return self.last_screened
+        known = self.store.get(("result", t)) if self._reusable(t) else None
         if known is not None:
             self.tm.set_thresholds(list(t))
             self.last_start = None
             return replace(known, known=True)
-        began = time.perf_counter()
-        tail, recorder = _dense_tail(t), None
-        observers: list[Observer] = []
-        if self.incremental and tail < self.n and not self._has_stats(tail, t):
-            recorder = _Recorder(self.names, self.levels, self.runner.device, tail, self.store.max_bytes // 4)
-            observers.append(recorder)
-        start, result, counts = self._run(t, self.runner.n_blocks - 1, observers, None)
-        if recorder is not None:
-            self.store.put(("raw", tail, t[:tail]), recorder, recorder.nbytes + 64)
-        outcome = PassOutcome(result.loss, counts, start)
-        self.last_start = start
-        self.store.put(("result", t), outcome, pin=not any(t))
-        self.cost.loss_passes += 1
-        self.cost.loss_fe += result.cost
-        self.cost.seconds += time.perf_counter() - began
+        results = self.batch_results(t, range(self.n_batches))
+        loss, counts = combine(results)
+        start = self.last_start
+        outcome = PassOutcome(loss, counts, start if start is not None else 0, known=start is None)
+        self.store.put(("result", t), replace(outcome, known=False), pin=not any(t))
         return outcome
 
     # ---- statistics ---------------------------------------------------------------------------------
     def _has_stats(self, m: int, t: tuple[float, ...]) -> bool:
         prefix = t[:m]
-        return (("stats", m, prefix) in self.store or ("raw", m, prefix) in self.store
+        return (("stats", m, prefix) in self.store
+                or all(("raw", m, prefix, b) in self.store for b in range(self.n_batches))
                 or (self._dense_stats is not None and not any(prefix)))
 
     def module_stats(self, m: int, thresholds: Sequence[float]) -> ActivationStats:
@@ -237,17 +307,21 @@ class IncrementalEngine:
             return stats
         if self._dense_stats is not None and not any(t):
             stats = ActivationStats(self.levels, {self.names[m]: self._dense_stats.thresholds[self.names[m]]})
-        elif (recorder := self.store.pop(("raw", m, t[:m]))) is not None:
-            stats = recorder.stats()
         else:
-            began = time.perf_counter()
-            sums = QuantileSums(self.names, self.levels, self.runner.device, {m})
-            # the published procedure runs a whole pass for statistics; incrementally, it stops after site m
-            _, result, _ = self._run(t, self.tm.sites[m].block, [sums], m if self.incremental else None)
+            sums = QuantileSums(self.names, self.levels, self.runner.device, {m}, self.tm.score)
+            raw = {b: r for b in range(self.n_batches) if (r := self.store.pop(("raw", m, t[:m], b))) is not None}
+            for b in sorted(raw):  # recorded by loss passes: free
+                for x, mask in raw[b]:
+                    sums(m, x, mask)
+            missing = [b for b in range(self.n_batches) if b not in raw]
+            if missing:
+                began = time.perf_counter()
+                # the published procedure runs a whole pass for statistics; incrementally, it stops after site m
+                _, cost, _ = self._run(t, self.tm.sites[m].block, [sums], m if self.incremental else None, missing)
+                self.cost.stats_passes += 1
+                self.cost.stats_fe += cost
+                self.cost.seconds += time.perf_counter() - began
             stats = sums.result()
-            self.cost.stats_passes += 1
-            self.cost.stats_fe += result.cost
-            self.cost.seconds += time.perf_counter() - began
         self.store.put(key, stats, pin=not any(t))
         return stats
 
@@ -256,13 +330,21 @@ class IncrementalEngine:
         model's result), unless seeded."""
         if self._dense_stats is None:
             began = time.perf_counter()
-            sums = QuantileSums(self.names, self.levels, self.runner.device)
+            sums = QuantileSums(self.names, self.levels, self.runner.device, score=self.tm.score)
             zeros = (0.0,) * self.n
-            start, result, counts = self._run(zeros, self.runner.n_blocks - 1, [sums], None)
-            self.store.put(("result", zeros), PassOutcome(result.loss, counts, start), pin=True)
+            # from the tokens (block 0), even when dense block inputs are kept: every site must be observed
+            start, cost, out = self._run(zeros, 0, [sums], None, range(self.n_batches))
+            results = []
+            for b in range(self.n_batches):
+                loss_sum, tokens, counts = out[b]
+                assert loss_sum is not None  # a pass to the head
+                results.append(BatchResult(loss_sum, tokens, counts))
+                self.store.put(("batch", zeros, b), results[-1], pin=True)
+            loss, counts = combine(results)
+            self.store.put(("result", zeros), PassOutcome(loss, counts, start), pin=True)
             self._dense_stats = sums.result()
             self.cost.stats_passes += 1
-            self.cost.stats_fe += result.cost
+            self.cost.stats_fe += cost
             self.cost.seconds += time.perf_counter() - began
         return self._dense_stats
 

@@ -22,7 +22,7 @@ from torch import nn
 from thresh_opt.errors import UserError
 from thresh_opt.models.head import HeadLoss, output_embeddings
 from thresh_opt.models.specs import blocks_of
-from thresh_opt.models.thresholded import Observer, ThresholdedModel
+from thresh_opt.models.thresholded import Counts, Observer, ThresholdedModel
 
 
 class _Stop(Exception):  # noqa: N818 - control flow, not an error
@@ -40,19 +40,30 @@ class _PassThrough(nn.Module):
         return hidden_states if self.extras is None else (hidden_states, *self.extras)
 
 
+def _minus(after: Counts, before: Counts) -> Counts:
+    """The zero counts between two snapshots of the model's counters."""
+    return Counts(tuple(a - b for a, b in zip(after.zeros, before.zeros)), after.channels,
+                  after.tokens - before.tokens)
+
+
 def _hidden(args: tuple, kwargs: dict) -> torch.Tensor:
     return args[0] if args else kwargs["hidden_states"]
 
 
 @dataclass
 class PassResult:
-    """What one pass measured: summed token loss (None when it stopped early), its cost in
-    forward-equivalents, and the block inputs it captured (block -> one tensor per batch)."""
+    """What one pass over some batches measured: summed token loss (None when it stopped before the head),
+    its cost in forward-equivalents, the block inputs it captured (block -> one tensor per batch run), and
+    per batch run (in `batches` order) its loss sum, its real tokens and its zero counts."""
 
     loss_sum: float | None
     tokens: int
     cost: float
     captured: dict[int, list[torch.Tensor]] = field(default_factory=dict)
+    batches: list[int] = field(default_factory=list)
+    batch_losses: list[float | None] = field(default_factory=list)
+    batch_tokens: list[int] = field(default_factory=list)
+    batch_counts: list[Counts] = field(default_factory=list)
 
     @property
     def loss(self) -> float:
@@ -82,6 +93,7 @@ class PrefixRunner:
         self.device = next(tm.model.parameters()).device
         self.batches = [b.to(self.device) for b in chunks.split(batch_size)]
         self.tokens = int(chunks.numel())
+        self.batch = 0  # index of the batch being run: observers that keep inputs per batch read it
         self.blocks = blocks_of(tm.model, tm.spec)
         self.n_blocks = len(self.blocks)
         self.block_macs = [0] * self.n_blocks
@@ -101,23 +113,29 @@ class PrefixRunner:
         """MACs per token of a full pass: every site's consumers and the head."""
         return sum(self.block_macs) + self.head_macs
 
-    def cost(self, start: int, stop_site: int | None = None) -> float:
+    def cost(self, start: int, stop_site: int | None = None, batches: Sequence[int] | None = None) -> float:
         """Forward-equivalents of a pass from block `start` to the end and the head, or, with `stop_site`,
-        up to that site (its consumers and the head not run)."""
+        up to that site (its consumers and the head not run), over `batches` (default: all; a part of the
+        calibration set costs its share of the tokens)."""
+        share = 1.0 if batches is None else sum(self.batches[b].numel() for b in batches) / self.tokens
         if stop_site is None:
-            return (sum(self.block_macs[start:]) + self.head_macs) / self.full_macs
+            return share * (sum(self.block_macs[start:]) + self.head_macs) / self.full_macs
         site = self.tm.sites[stop_site]
         before = sum(s.macs for s in self.tm.sites[:stop_site] if s.block == site.block)
-        return (sum(self.block_macs[start:site.block]) + before) / self.full_macs
+        return share * (sum(self.block_macs[start:site.block]) + before) / self.full_macs
 
     @torch.no_grad()
     def run(self, start: int = 0, inputs: Sequence[torch.Tensor] | None = None, captures: Iterable[int] = (),
-            observers: Sequence[Observer] = (), stop_site: int | None = None) -> PassResult:
-        """One pass over every batch, from block `start` (fed `inputs`, one tensor per batch; 0: from the
-        tokens) through the head, giving the loss; or up to site `stop_site`, ending right after the
-        observers have seen its input. The inputs of the blocks in `captures` are kept."""
-        if start and (inputs is None or len(inputs) != len(self.batches)):
-            raise ValueError(f"a pass from block {start} needs its input for each of the {len(self.batches)} batches")
+            observers: Sequence[Observer] = (), stop_site: int | None = None,
+            batches: Sequence[int] | None = None) -> PassResult:
+        """One pass over the batches `batches` (indices, in the order given; default: all), from block
+        `start` (fed `inputs`, one tensor per batch run; 0: from the tokens) through the head, giving the
+        loss; or up to site `stop_site`, ending right after the observers have seen its input. The inputs
+        of the blocks in `captures` are kept. The model's zero counts go on from where they were (the caller
+        resets them); each batch's own counts are in the result."""
+        order = list(range(len(self.batches))) if batches is None else list(batches)
+        if start and (inputs is None or len(inputs) != len(order)):
+            raise ValueError(f"a pass from block {start} needs its input for each of the {len(order)} batches")
         if start and self._no_skipping is not None:
             raise self._no_skipping
         captured: dict[int, list[torch.Tensor]] = {b: [] for b in captures if b > start}
@@ -145,22 +163,32 @@ class PrefixRunner:
 
         watching = [*observers, halt] if stop_site is not None else list(observers)
         total, tokens = 0.0, 0
+        losses: list[float | None] = []
+        counts: list[Counts] = []
         try:
             with self._skipping(start), contextlib.ExitStack() as stack:
                 for observer in watching:
                     stack.enter_context(self.tm.observe(observer))
-                for i, batch in enumerate(self.batches):
-                    batch_index[0] = i
+                for i, b in enumerate(order):
+                    batch_index[0], self.batch, batch = i, b, self.batches[b]
+                    before = self.tm.counts()
                     try:
-                        total += self.head.loss_sum(partial(self.tm, input_ids=batch, use_cache=False), batch)
+                        loss: float | None = self.head.loss_sum(partial(self.tm, input_ids=batch, use_cache=False),
+                                                                batch)
                     except _Stop:
-                        continue
-                    tokens += batch[:, 1:].numel()
+                        loss = None
+                    counts.append(_minus(self.tm.counts(), before))
+                    losses.append(loss)
+                    if loss is not None:
+                        total += loss
+                        tokens += batch[:, 1:].numel()
         finally:
             for h in hooks:
                 h.remove()
-        loss = None if stop_site is not None else total
-        return PassResult(loss, tokens, self.cost(start, stop_site), {b: v for b, v in captured.items() if v})
+        return PassResult(None if stop_site is not None else total, tokens,
+                          self.cost(start, stop_site, None if batches is None else order),
+                          {b: v for b, v in captured.items() if v}, order, losses,
+                          [int(self.batches[b][:, 1:].numel()) for b in order], counts)
 
     @contextlib.contextmanager
     def _skipping(self, start: int) -> Iterator[None]:

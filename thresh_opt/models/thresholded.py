@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from thresh_opt.errors import UserError
+from thresh_opt.models.criterion import Criterion, check_criterion, site_scales
 from thresh_opt.models.specs import PlacementSpec, Site, resolve_sites, spec_for
 
 Observer = Callable[[int, torch.Tensor, "torch.Tensor | None"], None]
@@ -57,7 +58,9 @@ class SparsityReport:
 
 
 class ThresholdedModel:
-    """Wraps a loaded causal LM (no weight copy) and zeroes every site input with |x| <= its threshold.
+    """Wraps a loaded causal LM (no weight copy) and zeroes every site input with |x| <= its threshold
+    (criterion ``magnitude``), or with |x| * s <= its threshold, s the per-channel column norms of the
+    site's consuming maps (``weight_norm``, see `thresh_opt.models.criterion`).
 
     Thresholds change in place between forward passes; all-zero thresholds leave the model's
     computation untouched. The wrapped model can also be called directly (lm-eval does): the hooks
@@ -73,15 +76,20 @@ class ThresholdedModel:
     Args:
         model: a loaded Hugging Face causal LM.
         spec: its placement spec; found from the model's class when omitted.
+        criterion: what thresholds are compared with (see `set_criterion`).
     """
 
-    def __init__(self, model: nn.Module, spec: PlacementSpec | None = None) -> None:
+    def __init__(self, model: nn.Module, spec: PlacementSpec | None = None,
+                 criterion: Criterion = "magnitude") -> None:
         self.model = model
         self.spec = spec or spec_for(model)
         self.sites: list[Site] = resolve_sites(model, self.spec)
         self.names: list[str] = [s.name for s in self.sites]
         self._index = {n: i for i, n in enumerate(self.names)}
         self._t = [0.0] * len(self.sites)
+        self._criterion: Criterion = "magnitude"
+        self._scales: list[torch.Tensor | None] = [None] * len(self.sites)
+        self.set_criterion(criterion)
         self._observers: list[Observer] = []
         self._transforms: list[Callable[[int, torch.Tensor], torch.Tensor]] = []
         self._mask: torch.Tensor | None = None
@@ -122,6 +130,42 @@ class ThresholdedModel:
     def reset_thresholds(self) -> None:
         """Back to the dense model (all thresholds 0)."""
         self._t = [0.0] * len(self.sites)
+
+    # ---- criterion ----------------------------------------------------------------------------
+    @property
+    def criterion(self) -> Criterion:
+        """What thresholds are compared with: ``magnitude`` (|x|) or ``weight_norm`` (|x| * column norm)."""
+        return self._criterion
+
+    @property
+    def scales(self) -> list[torch.Tensor | None]:
+        """Per site (site order), the per-channel factor of the criterion's score (None: |x| alone)."""
+        return list(self._scales)
+
+    def set_criterion(self, criterion: str) -> None:
+        """Compare thresholds with |x| (``magnitude``) or |x| * s (``weight_norm``; s computed once from the
+        weights, so set it again after changing them). Thresholds keep their values, which mean something
+        else under the other criterion: take new ones from statistics measured under it."""
+        name = check_criterion(criterion)
+        if name != self._criterion:
+            self._scales = site_scales(self.model, self.spec, name)
+            self._criterion = name
+
+    def score(self, i: int, x: torch.Tensor) -> torch.Tensor:
+        """The criterion's score of site i's input (float32): the value its threshold is compared with."""
+        scale = self._scales[i]
+        magnitude = x.detach().abs().float()
+        return magnitude if scale is None else magnitude * scale.to(magnitude.device)
+
+    def channel_thresholds(self) -> dict[str, torch.Tensor]:
+        """Per site with a scaled criterion, the per-input-channel thresholds on |x| that it amounts to
+        (t / s, float32 on the CPU): what a consumer without the weights (hardware) compares |x| with. An
+        all-zero column gets inf (that input never fires). Empty under ``magnitude`` (one threshold per site)."""
+        out = {}
+        for name, t, scale in zip(self.names, self._t, self._scales):
+            if scale is not None:
+                out[name] = t / scale.cpu() if t > 0 else torch.zeros_like(scale, device="cpu")
+        return out
 
     # ---- counting ---------------------------------------------------------------------------
     def reset_counts(self) -> None:
@@ -235,7 +279,11 @@ class ThresholdedModel:
             observer(i, x, mask)
         t = self._t[i]
         if t > 0:
-            x = F.hardshrink(x, t)  # x * (|x| > t) in one kernel
+            scale = self._scales[i]
+            if scale is None:
+                x = F.hardshrink(x, t)  # x * (|x| > t) in one kernel
+            else:  # the same float32 score the statistics measure, so a quantile gives its sparsity
+                x = x.masked_fill(self.score(i, x) <= t, 0.0)
         for transform in self._transforms:
             x = transform(i, x)
         # per-token non-zero counts (cheap to mask afterwards); bool->uint8 sums beat count_nonzero on CPU

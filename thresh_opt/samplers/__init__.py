@@ -1,7 +1,10 @@
 """Samplers for threshold studies: the published sequential greedy search as an Optuna sampler, a hybrid
-whose greedy passes seed NSGA-II or TPE, and the sensitivity allocation (one-at-a-time probes, then the
-Lagrangian front); every sampler a study file can name is declared in `catalog`."""
+whose greedy passes seed NSGA-II or TPE, the sensitivity allocation (one-at-a-time probes, then the
+Lagrangian front), TEAL's block-wise greedy allocation and WAS's constrained block search; every sampler a
+study file can name is declared in `catalog`."""
 
+from thresh_opt.samplers._blocksearch import BlockSearchSampler
+from thresh_opt.samplers._blockwise import BlockwiseSampler
 from thresh_opt.samplers._greedy import GreedySampler
 from thresh_opt.samplers._greedy_state import Acceptance, default_kind, tolerances
 from thresh_opt.samplers._hybrid import HybridSampler
@@ -9,6 +12,6 @@ from thresh_opt.samplers._protocol import SteppedSampler
 from thresh_opt.samplers._sensitivity import SensitivitySampler
 
 __all__ = [
-    "Acceptance", "GreedySampler", "HybridSampler", "SensitivitySampler", "SteppedSampler", "default_kind",
-    "tolerances",
+    "Acceptance", "BlockSearchSampler", "BlockwiseSampler", "GreedySampler", "HybridSampler", "SensitivitySampler",
+    "SteppedSampler", "default_kind", "tolerances",
 ]

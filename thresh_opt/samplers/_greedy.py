@@ -16,14 +16,17 @@ from thresh_opt.samplers._greedy_state import (
     PARAMS,
     PASS,
     PASS_ID,
+    PASS_KIND,
     REFERENCE,
     ROLE,
     STEP,
     TOLERANCE,
     Acceptance,
     Spec,
+    budgets,
     default_kind,
     read_ledger,
+    replay_budget,
     replay_pass,
     tolerances,
 )
@@ -53,6 +56,12 @@ class GreedySampler(StampedSampler):
     the tolerance compounds. With ``warm_start``, a module whose kind already has choices starts at
     the most frequent of them (ties: the smaller) and goes up while accepted, or down until accepted.
 
+    With ``budget``, budget passes follow the tolerance passes: from the configuration the last pass
+    ended with, each module in order is raised further while ``loss / L_dense < budget`` (an absolute
+    bound on the ratio to the dense loss of the last tolerance pass, not compounding), stopping at its
+    first failure. A compounding tolerance pass usually stops short of the loss a study would accept; a
+    budget pass spends what it left.
+
     The decisions use the loss stored in each trial's user attribute ``loss_key``, never the
     objective values, so the study may have any objectives.
 
@@ -80,14 +89,16 @@ class GreedySampler(StampedSampler):
     No state is kept in the sampler: :meth:`before_trial` derives the next evaluation from the stored
     trials (COMPLETE ones give results, RUNNING ones count as issued) and stamps it into the trial's
     system attributes ``greedy:role`` (``"dense"``, ``"candidate"``, ``"wait"``, ``"finished"``),
-    ``greedy:pass``, ``greedy:tolerance``, ``greedy:module``, ``greedy:candidate``, ``greedy:step``
+    ``greedy:pass``, ``greedy:pass_kind`` (``"tolerance"``, ``"budget"``), ``greedy:tolerance`` (a budget
+    pass's budget), ``greedy:module``, ``greedy:candidate``, ``greedy:step``
     (module index, -1 for the dense trial), ``greedy:params`` and, for a candidate whose reference loss
     is known, ``greedy:reference`` (:meth:`acceptance` gives the rule that will judge it). A new
     sampler on the same storage continues where the old one stopped. Trials it did not issue
     (enqueued baselines, other samplers, a sampler with other settings) are ignored.
 
     Note:
-        Each pass (tolerance) issues its own dense trial first; the passes run one after another.
+        Each pass (tolerance) issues its own dense trial first; the passes run one after another. A
+        budget pass issues no dense trial (its reference is the last tolerance pass's).
 
     Note:
         Parallel workers: while results are pending, further trials are speculative: the next
@@ -117,6 +128,11 @@ class GreedySampler(StampedSampler):
         loss_inc:
             The tolerance (> 1), or a list of them: one full pass per tolerance, in the given order,
             each from scratch (all dense). A list traces a front.
+        budget:
+            A loss ratio to the dense loss (> 1), or a list of them: one budget pass per budget after the
+            tolerance passes, in the given order, each from the configuration the previous pass ended with
+            (so give them increasing: a budget the start already fails changes nothing and costs nothing).
+            Default: none.
         loss_key:
             The trial user attribute holding the (positive) loss the decisions use.
         warm_start:
@@ -139,6 +155,7 @@ class GreedySampler(StampedSampler):
         self,
         search_space: Mapping[str, Sequence[float]],
         loss_inc: float | Sequence[float] = 1.0005,
+        budget: float | Sequence[float] | None = None,
         loss_key: str = "calibration_loss",
         warm_start: bool = True,
         keep_first: bool = False,
@@ -148,6 +165,7 @@ class GreedySampler(StampedSampler):
     ) -> None:
         candidates = positive_levels(search_space, "GreedySampler", "candidates")
         self._tolerances = tolerances(loss_inc)
+        self._budgets = budgets(budget)
         kind = kind_of or default_kind
         self._spec = Spec(
             names=tuple(candidates),
@@ -158,20 +176,31 @@ class GreedySampler(StampedSampler):
         )
         self._loss_key = loss_key
         super().__init__(candidates, PARAMS, independent_sampler, warn_independent_sampling)
-        self._pass_ids = tuple(self._pass_id(p) for p in range(len(self._tolerances)))
+        ids: list[str] = []
+        for p in range(len(self._tolerances) + len(self._budgets)):
+            ids.append(self._pass_id(p, ids))
+        self._pass_ids = tuple(ids)
 
-    def _pass_id(self, p: int) -> str:
+    def _pass_id(self, p: int, earlier: list[str]) -> str:
         # Trials of a pass are recognized by this fingerprint: settings that change the decisions.
-        settings = {
+        settings: dict[str, Any] = {
             "candidates": {name: list(c) for name, c in self._spec.candidates.items()},
             "kinds": dict(self._spec.kinds),
             "warm_start": self._spec.warm_start,
             "keep_first": self._spec.keep_first,
             "loss_key": self._loss_key,
-            "tolerance": self._tolerances[p],
             "pass": p,
         }
+        if p < len(self._tolerances):
+            settings["tolerance"] = self._tolerances[p]
+        else:  # its start is the end of the earlier passes: their settings are its own
+            settings.update(budget=self._budgets[p - len(self._tolerances)], after=earlier[:p])
         return hashlib.sha1(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
+
+    def _bound(self, p: int) -> float:
+        """Pass p's tolerance, or its budget for a budget pass."""
+        t = len(self._tolerances)
+        return self._tolerances[p] if p < t else self._budgets[p - t]
 
     @property
     def loss_key(self) -> str:
@@ -191,19 +220,24 @@ class GreedySampler(StampedSampler):
         trials = compat.all_trials(study)
         ledger = read_ledger(trials, self._pass_ids, self._loss_key)
         done: list[PassState] = []
-        for p, tolerance in enumerate(self._tolerances):
-            state = replay_pass(self._spec, p, tolerance, ledger)
+        t = len(self._tolerances)
+        for p in range(len(self._pass_ids)):
+            if p < t:
+                state = replay_pass(self._spec, p, self._tolerances[p], ledger)
+            else:
+                dense = ledger.losses[(t - 1, None, 0.0)]  # the last tolerance pass is done: measured
+                assert dense is not None
+                state = replay_budget(self._spec, p, self._budgets[p - t], done[-1].accepted, done[-1].loss,
+                                      dense, ledger)
             if not state.done:
                 return done, state, ledger
             done.append(state)
         return done, None, ledger
 
     def _config(self, state: PassState, key: Key | None = None) -> dict[str, float]:
-        """Earlier modules at their accepted values, the key's module at its candidate, rest dense."""
-        params = {name: state.accepted.get(name, 0.0) for name in self._spec.names}
-        if key is not None and key[1] is not None:
-            params[key[1]] = key[2]
-        return params
+        """Earlier modules at their accepted values, the key's module at its candidate, the rest at the
+        pass's start (dense for a tolerance pass)."""
+        return state.config(self._spec.names, key)
 
     @staticmethod
     def _issuable(state: PassState, ledger: Ledger) -> list[Key]:
@@ -237,27 +271,28 @@ class GreedySampler(StampedSampler):
         return Acceptance(attrs[REFERENCE], attrs[TOLERANCE])
 
     def final_params(self, study: Study) -> list[dict[str, float]]:
-        """The accepted value of every parameter, one dict per finished pass, in tolerance order.
+        """The accepted value of every parameter, one dict per finished pass: the tolerance passes in order,
+        then the budget passes.
 
-        Shorter than the tolerance list while passes are unfinished.
+        Shorter than the list of passes while passes are unfinished.
         """
         return [dict(state.accepted) for state in self._derive(study)[0]]
 
     def progress(self, study: Study) -> dict[str, Any]:
         """Where the search stands, for a progress bar.
 
-        Keys: ``pass``, ``passes``, ``tolerance``, ``module`` (under search; None when finished),
-        ``done_modules`` and ``total_modules`` (in this pass), ``done_steps`` and ``total_steps``
-        (modules over all passes), ``finished``.
+        Keys: ``pass``, ``passes`` (tolerance and budget passes), ``tolerance`` (a budget pass's budget),
+        ``module`` (under search; None when finished), ``done_modules`` and ``total_modules`` (in this
+        pass), ``done_steps`` and ``total_steps`` (modules over all passes), ``finished``.
         """
         done, current, _ = self._derive(study)
-        n, passes = len(self._spec.names), len(self._tolerances)
+        n, passes = len(self._spec.names), len(self._pass_ids)
         p = current.index if current is not None else passes - 1
         k = current.module if current is not None else n
         return {
             "pass": p,
             "passes": passes,
-            "tolerance": self._tolerances[p],
+            "tolerance": self._bound(p),
             "module": self._spec.names[k] if k < n else None,
             "done_modules": k,
             "total_modules": n,
@@ -303,7 +338,8 @@ class GreedySampler(StampedSampler):
             ROLE: role,
             PASS: p,
             PASS_ID: self._pass_ids[p],
-            TOLERANCE: self._tolerances[p],
+            PASS_KIND: "tolerance" if p < len(self._tolerances) else "budget",
+            TOLERANCE: self._bound(p),
             MODULE: module,
             CANDIDATE: candidate,
             STEP: step,

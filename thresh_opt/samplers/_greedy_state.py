@@ -9,6 +9,12 @@ A trial issued by :class:`~thresh_opt.samplers.GreedySampler` is one *evaluation
 behind a key is fixed by the decisions of the earlier modules, which are fixed by earlier results, so
 replaying the stored results in module order reproduces every decision, whatever order the results
 arrived in and whichever process stored them.
+
+A *budget pass* (:func:`replay_budget`) starts from a given configuration instead of the dense one and
+raises each module further, front to back, while the loss stays under an absolute budget on the ratio to
+the dense loss: it spends the loss budget an earlier pass (or a predicted allocation) left. Its keys are
+``(pass, module, candidate)`` too, the configuration behind a key being the start with the earlier
+modules at their raised values.
 """
 
 from __future__ import annotations
@@ -29,7 +35,8 @@ if TYPE_CHECKING:
 
 # System attributes stamped on every trial the sampler issues.
 ROLE = "greedy:role"  # "dense" | "candidate" | "wait" | "finished"
-PASS = "greedy:pass"  # index into the tolerance list
+PASS = "greedy:pass"  # index into the tolerance list, then into the budget list
+PASS_KIND = "greedy:pass_kind"  # "tolerance" | "budget" (missing on trials of older versions: "tolerance")
 PASS_ID = "greedy:pass_id"  # fingerprint of the sampler settings of that pass
 TOLERANCE = "greedy:tolerance"
 MODULE = "greedy:module"  # parameter under search (None for the dense trial)
@@ -53,15 +60,31 @@ def default_kind(name: str) -> str:
     return match.group(1) if match else name
 
 
+def _ratios(value: object) -> tuple[float, ...] | None:
+    """The numbers > 1 of `value` (one, or a list), or None when anything else is there."""
+    values = list(value) if isinstance(value, (list, tuple)) else [value]
+    if any(isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v <= 1 for v in values):
+        return None
+    return tuple(float(v) for v in values)  # type: ignore[arg-type]  # numbers: checked above
+
+
 def tolerances(loss_inc: object) -> tuple[float, ...]:
     """The tolerance list of `loss_inc` (a number > 1, or a non-empty list of them), or a ValueError."""
-    values = list(loss_inc) if isinstance(loss_inc, (list, tuple)) else [loss_inc]
-    bad = [v for v in values if isinstance(v, bool) or not isinstance(v, (int, float))
-           or not math.isfinite(v) or v <= 1]
-    if not values or bad:
+    values = _ratios(loss_inc)
+    if not values:
         raise ValueError(f"loss_inc must be a number > 1 (a ratio to the last accepted loss) or a non-empty list "
                          f"of them, got {loss_inc!r}")
-    return tuple(float(v) for v in values)  # type: ignore[arg-type]  # numbers: checked above
+    return values
+
+
+def budgets(budget: object, what: str = "budget") -> tuple[float, ...]:
+    """The budget list of `budget` (None, a number > 1, or a list of them, possibly empty), or a ValueError
+    naming `what`."""
+    values = () if budget is None else _ratios(budget)
+    if values is None:
+        raise ValueError(f"{what} must be a loss ratio > 1 (to the dense loss), a list of them, or empty, "
+                         f"got {budget!r}")
+    return values
 
 
 @dataclass(frozen=True)
@@ -114,7 +137,23 @@ def _finite(value: object) -> float | None:
 
 
 def read_ledger(trials: Iterable[FrozenTrial], pass_ids: tuple[str, ...], loss_key: str) -> Ledger:
-    """Results and pending keys of the trials this sampler issued (other trials are skipped).
+    """Results and pending keys of the trials a GreedySampler issued (other trials are skipped): see
+    :func:`collect`."""
+
+    def key_of(t: FrozenTrial) -> Key | None:
+        attrs = t.system_attrs
+        if attrs.get(ROLE) not in ("dense", "candidate"):
+            return None
+        p = attrs.get(PASS)
+        if not isinstance(p, int) or not 0 <= p < len(pass_ids) or attrs.get(PASS_ID) != pass_ids[p]:
+            return None
+        return (p, attrs.get(MODULE), float(attrs.get(CANDIDATE, 0.0)))
+
+    return collect(trials, key_of, loss_key)
+
+
+def collect(trials: Iterable[FrozenTrial], key_of: Callable[[FrozenTrial], Key | None], loss_key: str) -> Ledger:
+    """Results and pending keys of the trials `key_of` gives a key (the others are skipped).
 
     COMPLETE gives the loss in ``user_attrs[loss_key]`` (missing or not finite: a rejection); FAIL is a
     rejection; RUNNING is pending; PRUNED with a finite loss (its expensive objectives were skipped) gives
@@ -123,13 +162,9 @@ def read_ledger(trials: Iterable[FrozenTrial], pass_ids: tuple[str, ...], loss_k
     """
     ledger = Ledger()
     for t in trials:
-        attrs = t.system_attrs
-        if attrs.get(ROLE) not in ("dense", "candidate"):
+        key = key_of(t)
+        if key is None:
             continue
-        p = attrs.get(PASS)
-        if not isinstance(p, int) or not 0 <= p < len(pass_ids) or attrs.get(PASS_ID) != pass_ids[p]:
-            continue
-        key: Key = (p, attrs.get(MODULE), float(attrs.get(CANDIDATE, 0.0)))
         if t.state == TrialState.RUNNING:
             ledger.pending.add(key)
         elif t.state == TrialState.COMPLETE or (t.state == TrialState.PRUNED and _finite(t.user_attrs.get(loss_key))):
@@ -181,10 +216,19 @@ class PassState:
     frontier: list[Key]  # keys on the search path without a result, in order (dense first)
     acceptance: Acceptance | None = None  # the rule of the module under search (of the last one when done)
     tried: dict[str, list[tuple[float, float | None, bool]]] = field(default_factory=dict)  # (candidate, loss, ok)
+    start: dict[str, float] = field(default_factory=dict)  # the values of the undecided modules (empty: dense)
+    loss: float | None = None  # of the final configuration, once done (None: not measured)
 
     @property
     def done(self) -> bool:
         return not self.frontier
+
+    def config(self, names: Iterable[str], key: Key | None = None) -> dict[str, float]:
+        """Decided modules at their values, the key's module at its candidate, the rest at the start."""
+        params = {name: self.accepted.get(name, self.start.get(name, 0.0)) for name in names}
+        if key is not None and key[1] is not None:
+            params[key[1]] = key[2]
+        return params
 
 
 def replay_pass(spec: Spec, p: int, tolerance: float, ledger: Ledger) -> PassState:
@@ -218,4 +262,44 @@ def replay_pass(spec: Spec, p: int, tolerance: float, ledger: Ledger) -> PassSta
         if choice:
             l_ref = ledger.losses[(p, name, cands[choice - 1])]
         accepted[name] = cands[choice - 1] if choice else 0.0
-    return PassState(p, accepted, len(spec.names), [], rule, tried)
+    return PassState(p, accepted, len(spec.names), [], rule, tried, loss=l_ref)
+
+
+def replay_budget(spec: Spec, p: int, budget: float, start: Mapping[str, float], start_loss: float | None,
+                  dense_loss: float, ledger: Ledger) -> PassState:
+    """The budget pass `p` from `start` (module -> value; missing: 0.0) whose loss is `start_loss`.
+
+    Module after module, front to back, the candidates above its start value are tried upward (a plain
+    scan: :func:`walk`, the rest of the configuration as decided so far), accepted while
+    ``loss / dense_loss < budget`` (``Acceptance(dense_loss, budget)``); the module keeps the largest
+    accepted (its start value if none). When the start already fails the budget there is nothing to
+    spend: the pass is done at once, with the start. Warm start and the keep-first quirk do not apply.
+    """
+    start = {name: float(start.get(name, 0.0)) for name in spec.names}
+    rule = Acceptance(dense_loss, budget)
+    if start_loss is not None and not rule.accepts(start_loss):
+        return PassState(p, start, len(spec.names), [], rule, {}, start, start_loss)
+    accepted: dict[str, float] = {}
+    tried: dict[str, list[tuple[float, float | None, bool]]] = {}
+    loss = start_loss
+    for m, name in enumerate(spec.names):
+        cands = spec.candidates[name]
+        base = bisect.bisect_right(cands, start[name])  # candidates 1..base are at or below the start
+        seen = tried[name] = []
+
+        def outcome(j: int, name: str = name, cands: tuple[float, ...] = cands, base: int = base,
+                    seen: list[tuple[float, float | None, bool]] = seen) -> bool | None:
+            key = (p, name, cands[base + j - 1])
+            if key not in ledger.losses:
+                return None
+            seen.append((key[2], ledger.losses[key], rule.accepts(ledger.losses[key])))
+            return seen[-1][2]
+
+        choice, unknown = walk(len(cands) - base, 0, outcome)
+        frontier: list[Key] = [(p, name, cands[base + j - 1]) for j in unknown]
+        if frontier:
+            return PassState(p, accepted, m, frontier, rule, tried, start)
+        if choice:
+            loss = ledger.losses[(p, name, cands[base + choice - 1])]
+        accepted[name] = cands[base + choice - 1] if choice else start[name]
+    return PassState(p, accepted, len(spec.names), [], rule, tried, start, loss)

@@ -1,7 +1,10 @@
-"""SensitivitySampler: measure each parameter alone, then evaluate the Lagrangian allocation front."""
+"""SensitivitySampler: measure each parameter alone, evaluate the Lagrangian allocation front, then
+(optionally) refine its points with budget passes on measured losses."""
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -12,6 +15,7 @@ from optuna.trial import TrialState
 
 from thresh_opt import compat
 from thresh_opt.samplers import allocation
+from thresh_opt.samplers._greedy_state import Acceptance, Ledger, PassState, Spec, budgets, collect, replay_budget
 from thresh_opt.samplers._stamped import StampedSampler, finite, positive_levels
 
 if TYPE_CHECKING:
@@ -20,16 +24,17 @@ if TYPE_CHECKING:
     from optuna.study import Study
     from optuna.trial import FrozenTrial
 
-    from thresh_opt.samplers._greedy_state import Acceptance
+    from thresh_opt.samplers._greedy_state import Key as PassKey
 
 _logger = get_logger(__name__)
 
 # System attributes stamped on every trial the sampler issues.
-ROLE = "sensitivity:role"  # "dense" | "probe" | "front" | "wait" | "finished"
+ROLE = "sensitivity:role"  # "dense" | "probe" | "front" | "refine" | "wait" | "finished"
 PARAMS = "sensitivity:params"  # the whole assignment of the trial
-PARAM = "sensitivity:param"  # a probe's parameter (None otherwise)
-LEVEL = "sensitivity:level"  # a probe's level (None otherwise)
+PARAM = "sensitivity:param"  # a probe's parameter, or the one a refine trial raises (None otherwise)
+LEVEL = "sensitivity:level"  # its level (None otherwise)
 PREDICTED = "sensitivity:predicted"  # a front trial's prediction: {"gain", "loss_increase", "lambda"}
+REFINE = "sensitivity:refine"  # a refine trial's {"pass": budget index, "id": fingerprint, "budget", "reference"}
 
 Key = tuple[float, ...]  # the owned parameters' values, in search-space order
 
@@ -49,6 +54,9 @@ class _State:
     dense_loss: float | None = None
     front: list[allocation.Allocation] | None = None  # the selected front (None until phase 1 is done)
     gains_measured: bool = False
+    refine: list[PassState] = field(default_factory=list)  # one per budget, once every front trial has a result
+    ledger: Ledger = field(default_factory=Ledger)  # the refine trials' results
+    refine_ids: list[str] = field(default_factory=list)  # fingerprint of each pass (its budget and start)
 
 
 class SensitivitySampler(StampedSampler):
@@ -63,7 +71,10 @@ class SensitivitySampler(StampedSampler):
     of the Lagrangian front (:func:`thresh_opt.samplers.allocation.front`: each parameter at the level
     maximizing ``gain - lam x loss increase``, for every multiplier ``lam`` at which some choice
     changes), at most ``front_size`` of them spread evenly along it (the all-dense one excluded: it is
-    the dense trial). Then :meth:`is_finished` is True.
+    the dense trial). Phase 3 (``refine_budgets``; losses do not add up exactly): per budget, from the
+    front trial with the most measured sparsity whose measured loss ratio to the dense loss is below it
+    (else dense), the greedy sampler's budget pass raises each parameter in order while the measured
+    ratio stays below it (:meth:`refined`). Then :meth:`is_finished` is True.
 
     Example:
 
@@ -96,19 +107,21 @@ class SensitivitySampler(StampedSampler):
     No state is kept in the sampler: results are read from the stored trials by configuration (any
     finished trial whose owned parameters match, so an enqueued dense baseline is the dense trial and a
     configuration is never issued twice), and :meth:`before_trial` stamps what it proposes into the
-    trial's system attributes ``sensitivity:role`` (``"dense"``, ``"probe"``, ``"front"``, ``"wait"``,
-    ``"finished"``), ``sensitivity:params``, ``sensitivity:param`` and ``sensitivity:level`` (a probe's)
-    and ``sensitivity:predicted`` (a front trial's predicted gain and loss increase, and its
-    multiplier). A RUNNING trial of a configuration, or an enqueued one still WAITING, counts as issued.
-    A new sampler on the same storage continues where the old one stopped.
+    trial's system attributes ``sensitivity:role`` (``"dense"``, ``"probe"``, ``"front"``, ``"refine"``,
+    ``"wait"``, ``"finished"``), ``sensitivity:params``, ``sensitivity:param`` and ``sensitivity:level`` (a
+    probe's, or the parameter a refine trial raises), ``sensitivity:predicted`` (a front trial's predicted
+    gain and loss increase, and its multiplier) and ``sensitivity:refine`` (a refine trial's pass, its
+    fingerprint and budget; refine trials are read by these stamps). A RUNNING trial of a configuration,
+    or an enqueued one still WAITING, counts as issued. A new sampler on the same storage continues.
 
     Note:
         Trial states: COMPLETE gives the loss in ``loss_key`` (missing or not finite: a failed level);
         FAIL is a failed level, never chosen in phase 2 (a failed dense trial is issued again); PRUNED with a
         finite loss counts by it; PRUNED without one (abandoned) is issued again. Phase 1's trials can all
         run at once; phase 2 waits for all of them (:meth:`needs_wait`), then its trials can all run at
-        once. A trial asked while nothing can be issued repeats the dense configuration (``"wait"``), or,
-        once finished, the front's last configuration (``"finished"``): it is evaluated already.
+        once. Phase 3 waits for every front trial; its passes run side by side (speculating as the greedy
+        sampler does). A trial asked while nothing can be issued repeats the dense configuration
+        (``"wait"``), or, once finished, the last front or refined configuration (``"finished"``).
 
     Args:
         search_space:
@@ -124,6 +137,8 @@ class SensitivitySampler(StampedSampler):
             every parameter's weight is 1 / (number of parameters).
         sparsity_key:
             The trial user attribute holding the measured sparsity (the gain without ``weights``).
+        refine_budgets:
+            Loss ratios to the dense loss (> 1): one refinement (budget pass) per budget. Default: none.
         independent_sampler:
             Samples the parameters it does not own (not in ``search_space``, or asked on a trial it did
             not stamp), as Optuna's TPE and CMA-ES do. Default: :class:`~optuna.samplers.RandomSampler`.
@@ -138,6 +153,7 @@ class SensitivitySampler(StampedSampler):
         front_size: int = 16,
         weights: Mapping[str, float] | None = None,
         sparsity_key: str = "sparsity",
+        refine_budgets: Sequence[float] = (),
         independent_sampler: BaseSampler | None = None,
         warn_independent_sampling: bool = True,
     ) -> None:
@@ -154,6 +170,8 @@ class SensitivitySampler(StampedSampler):
         self._sparsity_key = sparsity_key
         self._front_size = front_size
         self._weights = None if weights is None else {n: float(weights[n]) for n in levels}
+        self._budgets = budgets(list(refine_budgets), "refine_budgets")
+        self._spec = Spec(self._names, levels, {n: n for n in levels}, warm_start=False, keep_first=False)
         super().__init__(levels, PARAMS, independent_sampler, warn_independent_sampling)
 
     @property
@@ -201,7 +219,8 @@ class SensitivitySampler(StampedSampler):
     def _read(self, study: Study) -> _State:
         state = _State()
         # Query the storage directly, as GridSampler does (a pruner may filter study.get_trials).
-        for t in compat.all_trials(study):
+        trials = compat.all_trials(study)
+        for t in trials:
             if t.state in (TrialState.RUNNING, TrialState.WAITING):
                 key = self._key(t.system_attrs.get(PARAMS) or t.system_attrs.get("fixed_params") or t.params)
                 if key is not None:
@@ -223,7 +242,38 @@ class SensitivitySampler(StampedSampler):
         probes = self._probes()
         if state.dense_loss is not None and all(key in state.results for _, _, key in probes):
             state.front = self._front(state, probes)
+            if self._budgets and all(k in state.results for k in self._front_keys(state)):
+                self._refine(state, trials)
         return state
+
+    def _refine(self, state: _State, trials: list[FrozenTrial]) -> None:
+        """Replay every budget pass from its start (phase 3)."""
+        assert state.dense_loss is not None
+        dense_loss = state.dense_loss
+        keys = [self._dense, *self._front_keys(state)]
+        rs = [state.results[k] for k in keys]
+        gains = [0.0, *(a.gain for a in state.front or [])]  # predicted: where the sparsity is not stored
+        points = [(g if r.sparsity is None else r.sparsity, math.inf if r.loss is None else r.loss / dense_loss)
+                  for r, g in zip(rs, gains)]
+        starts = [(keys[i], rs[i].loss) for i in (allocation.most_gain_below(points, b) for b in self._budgets)]
+        # A pass's trials are recognized by the settings behind its decisions: another start, another pass.
+        levels = {n: list(v) for n, v in self._levels.items()}
+        ids = state.refine_ids = [hashlib.sha1(json.dumps(
+            {"budget": b, "start": list(k), "levels": levels, "loss_key": self._loss_key, "pass": i},
+            sort_keys=True).encode()).hexdigest()[:16] for i, (b, (k, _)) in enumerate(zip(self._budgets, starts))]
+
+        def key_of(t: FrozenTrial) -> PassKey | None:
+            stamp = t.system_attrs.get(REFINE)
+            if t.system_attrs.get(ROLE) != "refine" or not isinstance(stamp, dict):
+                return None
+            i = stamp.get("pass")
+            if not isinstance(i, int) or not 0 <= i < len(ids) or stamp.get("id") != ids[i]:
+                return None
+            return (i, t.system_attrs.get(PARAM), float(t.system_attrs.get(LEVEL, 0.0)))
+
+        state.ledger = collect(trials, key_of, self._loss_key)
+        state.refine = [replay_budget(self._spec, i, b, self._params(k), loss, dense_loss, state.ledger)
+                        for i, (b, (k, loss)) in enumerate(zip(self._budgets, starts))]
 
     def _tables(self, state: _State, probes: list[tuple[str, float, Key]]) -> tuple[allocation.Table,
                                                                                   allocation.Table, bool]:
@@ -272,32 +322,51 @@ class SensitivitySampler(StampedSampler):
         for a, key in zip(state.front, self._front_keys(state)):
             if free(key):
                 return "front", key, {PREDICTED: {"gain": a.gain, "loss_increase": a.loss, "lambda": a.lam}}
+        for i, refine in enumerate(state.refine):
+            for k in refine.frontier:
+                if k not in state.ledger.pending and k not in state.ledger.losses:
+                    stamps = {PARAM: k[1], LEVEL: k[2],
+                              REFINE: {"pass": i, "id": state.refine_ids[i], "budget": self._budgets[i],
+                                       "reference": state.dense_loss}}
+                    return "refine", self._key_of(refine.config(self._names, k)), stamps
         if not self._done(state):
             return "wait", self._dense, {}
-        return "finished", (self._front_keys(state) or [self._dense])[-1], {}
+        last = [self._key_of(r.accepted) for r in state.refine] or self._front_keys(state) or [self._dense]
+        return "finished", last[-1], {}
 
     def _done(self, state: _State) -> bool:
-        return state.front is not None and all(k in state.results for k in self._front_keys(state))
+        return (state.front is not None and all(k in state.results for k in self._front_keys(state))
+                and len(state.refine) == len(self._budgets) and all(r.done for r in state.refine))
+
+    def _key_of(self, params: Mapping[str, float]) -> Key:
+        return tuple(params[n] for n in self._names)
 
     # ---- SteppedSampler ------------------------------------------------------------------------
 
     def is_finished(self, study: Study) -> bool:
-        """True when every probe and every selected front configuration has a result."""
+        """True when every probe, every selected front configuration and every refinement has a result."""
         return self._done(self._read(study))
 
     def needs_wait(self, study: Study) -> bool:
-        """True when nothing can be issued now: phase 2 waits for every running probe, the end for every
-        running front trial."""
+        """True when nothing can be issued now: phase 2 waits for every running probe, phase 3 for every
+        running front trial, the end for every running refine trial."""
         return self._next(self._read(study))[0] == "wait"
 
     def final_params(self, study: Study) -> list[dict[str, float]]:
-        """The selected front configurations evaluated so far, by increasing predicted gain."""
+        """The selected front configurations evaluated so far, by increasing predicted gain, then the
+        finished refinements in budget order."""
         state = self._read(study)
-        return [self._params(k) for k in self._front_keys(state) if k in state.results]
+        return ([self._params(k) for k in self._front_keys(state) if k in state.results]
+                + [dict(r.accepted) for r in state.refine if r.done])
 
     def acceptance(self, study: Study, number: int) -> Acceptance | None:
-        """None: no trial's result is judged by a rule known when it is issued."""
-        return None
+        """The rule that will judge refine trial `number` (its pass's budget on the dense loss); None for
+        the other trials (their results are not judged)."""
+        attrs = study.get_trials(deepcopy=False)[number].system_attrs
+        stamp = attrs.get(REFINE)
+        if attrs.get(ROLE) != "refine" or not isinstance(stamp, dict):
+            return None
+        return Acceptance(stamp["reference"], stamp["budget"])
 
     # ---- inspection ----------------------------------------------------------------------------
 
@@ -331,6 +400,24 @@ class SensitivitySampler(StampedSampler):
             rows.append({"params": self._params(key), "gain": a.gain, "loss_increase": a.loss, "lambda": a.lam,
                          "measured_loss_increase": loss, "measured_gain": gain,
                          "gains_measured": state.gains_measured})
+        return rows
+
+    def refined(self, study: Study) -> list[dict[str, Any]]:
+        """One row per refinement started (empty until every front trial has a result): its ``budget``,
+        the ``start`` configuration with its measured ``start_loss_ratio``, ``done``, and once done the
+        final ``params``, its ``loss_ratio`` and ``sparsity`` (None when not stored)."""
+        state = self._read(study)
+        rows = []
+        for budget, r in zip(self._budgets, state.refine):
+            assert state.dense_loss is not None  # the passes start once the front is measured
+            start = self._key_of(r.start)
+            loss = state.results[start].loss
+            result = state.results.get(self._key_of(r.accepted)) if r.done else None
+            rows.append({"budget": budget, "start": dict(r.start), "done": r.done,
+                         "start_loss_ratio": None if loss is None else loss / state.dense_loss,
+                         "params": dict(r.accepted) if r.done else None,
+                         "loss_ratio": None if r.loss is None or not r.done else r.loss / state.dense_loss,
+                         "sparsity": None if result is None else result.sparsity})
         return rows
 
     # ---- sampler API ---------------------------------------------------------------------------

@@ -181,6 +181,13 @@ def lagrangian_within(table: Mapping[str, Mapping[float, float]], budget: float,
     return max(fits, key=lambda a: (a.gain, -a.loss)) if fits else None
 
 
+def most_gain_below(points: Sequence[tuple[float, float]], bound: float) -> int:
+    """The index of the point ``(gain, loss)`` with the most gain whose loss is below ``bound`` (ties: the
+    first; the first point when none is: e.g. the dense configuration, put first)."""
+    fits = [i for i, (_, loss) in enumerate(points) if loss < bound]
+    return max(fits, key=lambda i: (points[i][0], -i), default=0)
+
+
 def exact_within(table: Mapping[str, Mapping[float, float]], budget: float,
                  gains: Mapping[str, Mapping[float, float]] | None = None, *,
                  weights: Mapping[str, float] | None = None, step: float | None = None) -> Allocation | None:

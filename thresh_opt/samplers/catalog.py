@@ -24,8 +24,10 @@ from pydantic import BaseModel, ConfigDict, Field, create_model, field_validator
 
 from thresh_opt.errors import ConfigError
 from thresh_opt.registry import SAMPLERS
+from thresh_opt.samplers._blocksearch import BlockSearchSampler
+from thresh_opt.samplers._blockwise import BlockwiseSampler
 from thresh_opt.samplers._greedy import GreedySampler
-from thresh_opt.samplers._greedy_state import tolerances
+from thresh_opt.samplers._greedy_state import budgets, tolerances
 from thresh_opt.samplers._hybrid import HybridSampler
 from thresh_opt.samplers._sensitivity import SensitivitySampler
 
@@ -56,6 +58,7 @@ class GreedyOptions(_Options):
     """Options of the greedy sampler (GreedySampler's constructor, plus the module order)."""
 
     loss_inc: float | list[float] = 1.0005
+    budget: float | list[float] | None = None  # budget passes after the tolerance passes (loss ratios > 1)
     loss_key: str = "calibration_loss"
     warm_start: bool = True
     keep_first: bool = False
@@ -73,6 +76,12 @@ class GreedyOptions(_Options):
     @classmethod
     def _tolerances(cls, v: float | list[float]) -> float | list[float]:
         tolerances(v)  # ValueError with the reason
+        return v
+
+    @field_validator("budget")
+    @classmethod
+    def _budgets(cls, v: float | list[float] | None) -> float | list[float] | None:
+        budgets(v)  # ValueError with the reason
         return v
 
 
@@ -176,7 +185,14 @@ class SensitivityOptions(_Options):
 
     loss_key: str = "calibration_loss"
     front_size: int = Field(16, ge=1)
+    refine_budgets: list[float] = Field(default_factory=list)  # budget passes from the measured front
     warn_independent_sampling: bool = True
+
+    @field_validator("refine_budgets")
+    @classmethod
+    def _refine_budgets(cls, v: list[float]) -> list[float]:
+        budgets(v, "refine_budgets")  # ValueError with the reason
+        return v
 
 
 def _sensitivity(options: SensitivityOptions, ctx: BuildContext) -> SensitivitySampler:
@@ -189,3 +205,59 @@ SAMPLERS.register("sensitivity", SensitivitySampler, SensitivityOptions, levels=
                   build=_sensitivity, python_only=tuple(n for n in python_only(SensitivitySampler)
                                                         if n not in SensitivityOptions.model_fields),
                   description="each module alone at each level, then the Lagrangian allocation front")
+
+
+class BlockwiseOptions(_Options):
+    """Options of TEAL's block-wise greedy allocation (BlockwiseSampler's constructor)."""
+
+    targets: list[float] | None = None
+    lazy: bool = True
+    max_loss_ratio: float | None = 1.01
+    loss_key: str = "calibration_loss"
+    warn_independent_sampling: bool = True
+
+    @field_validator("targets")
+    @classmethod
+    def _targets(cls, v: list[float] | None) -> list[float] | None:
+        if v is not None and (not v or any(not 0 < t <= 1 for t in v)):
+            raise ValueError(f"{v!r}; allowed: a non-empty list of block sparsities in (0, 1]")
+        return v
+
+    @field_validator("max_loss_ratio")
+    @classmethod
+    def _cap(cls, v: float | None) -> float | None:
+        if v is not None and not v > 1:
+            raise ValueError(f"{v!r}; allowed: a ratio to the dense loss > 1, or null (no cap)")
+        return v
+
+
+def _blockwise(options: BlockwiseOptions, ctx: BuildContext) -> BlockwiseSampler:
+    if ctx.candidates is None:
+        raise ConfigError(ctx.source, "sampler.name", "the blockwise sampler needs a discrete search space")
+    return BlockwiseSampler(ctx.candidates, **options.model_dump())
+
+
+class BlockSearchOptions(_Options):
+    """Options of WAS's constrained block search (BlockSearchSampler's constructor; the seed is the study's)."""
+
+    n_startup_trials: int = Field(10, ge=0)
+    multivariate: bool = True
+    warn_independent_sampling: bool = True
+
+
+def _blocksearch(options: BlockSearchOptions, ctx: BuildContext) -> BlockSearchSampler:
+    if ctx.candidates is None:
+        raise ConfigError(ctx.source, "sampler.name", "the blocksearch sampler needs a discrete search space "
+                          "(levels), not a range")
+    return BlockSearchSampler(ctx.candidates, seed=ctx.seed, **options.model_dump())
+
+
+SAMPLERS.register("blockwise", BlockwiseSampler, BlockwiseOptions, levels=True, deterministic=True,
+                  build=_blockwise, python_only=tuple(n for n in python_only(BlockwiseSampler)
+                                                      if n not in BlockwiseOptions.model_fields),
+                  description="TEAL's greedy allocation inside each block, combined per block-level target")
+# levels=False: its trials are arbitrary block profiles, so statistics default to one dense pass (as TPE's)
+SAMPLERS.register("blocksearch", BlockSearchSampler, BlockSearchOptions, build=_blocksearch,
+                  python_only=tuple(n for n in python_only(BlockSearchSampler)
+                                    if n not in BlockSearchOptions.model_fields),
+                  description="WAS's TPE over per-block sparsities, non-decreasing with depth")

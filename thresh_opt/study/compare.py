@@ -8,17 +8,18 @@ same for every study.
 
 from __future__ import annotations
 
+import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import optuna
 from pydantic import Field, field_validator, model_validator
 
 from thresh_opt import keys
 from thresh_opt.config import load_yaml, validate
-from thresh_opt.errors import ConfigError
+from thresh_opt.errors import ConfigError, UserError
 from thresh_opt.registry import SAMPLERS
 from thresh_opt.samplers.factory import check_sampler_options
 from thresh_opt.study.config import (
@@ -35,6 +36,9 @@ from thresh_opt.study.config import (
     walks_levels,
 )
 from thresh_opt.study.driver import StudyRun, TrialCallback, evaluated, run_study
+
+if TYPE_CHECKING:
+    from thresh_opt.study.contracts import Executor
 
 DEFAULT_COMPARE = REPO_DIR / "studies" / "compare-embedded.yaml"
 
@@ -58,6 +62,13 @@ class CompareEntry(_Strict):
         return self.label or self.name
 
 
+class ReferenceEntry(_Strict):
+    """A fixed configuration to draw and judge the contenders against, e.g. thresholds learned by training."""
+
+    label: str = Field(pattern=r"^[A-Za-z0-9_.=-]+$")
+    thresholds: str  # a thresholds file {module: threshold} (`baseline train --output`), relative to this file
+
+
 class CompareConfig(_Strict):
     """Samplers x seeds on the template study's model, calibration, objectives and baselines."""
 
@@ -70,6 +81,7 @@ class CompareConfig(_Strict):
     forward_equivalents: float | None = Field(None, gt=0)  # each study's budget in FE (trials stays a cap)
     fe_budgets: list[float] = Field(default_factory=list)  # forward-equivalents to report hypervolume at
     search_space: str | None = None  # for every entry without its own (default: the template's)
+    references: list[ReferenceEntry] = Field(default_factory=list)  # evaluated once, drawn in the fronts plot
     baselines: BaselineConfig | None = None  # enqueued first in every study (default: the template's)
     workers: int | None = Field(None, ge=1)
     run_dir: str | None = None
@@ -94,6 +106,8 @@ class CompareConfig(_Strict):
         keys = [e.key for e in self.samplers]
         if len(set(keys)) != len(keys):
             raise ValueError("two samplers share a label: give each a distinct `label`")
+        if len({r.label for r in self.references}) != len(self.references):
+            raise ValueError("two references share a label: give each a distinct `label`")
         if not self.budgets:
             self.budgets = sorted({max(1, self.trials // 4), max(1, self.trials // 2), self.trials})
         if self.budgets[-1] > self.trials:
@@ -160,7 +174,37 @@ def load_compare(path: Path, overrides: dict[str, Any] | None = None,
             contenders.append(Contender(entry.key, seed, cfg, space))
     for c in contenders[:1]:  # workers, cluster and device are the same for every contender
         check_workers(c.cfg, str(path))
+    for i, ref in enumerate(ccfg.references):
+        ref.thresholds = str(_thresholds_file((path.parent / ref.thresholds).resolve(), str(path),
+                                              f"references.{i}.thresholds"))
     return ccfg, template, contenders
+
+
+def _thresholds_file(file: Path, source: str, field: str) -> Path:
+    """A readable thresholds file ({module: number}), or a ConfigError naming the field."""
+    try:
+        data = json.loads(file.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(source, field, f"{file}: no such file") from None
+    except json.JSONDecodeError as exc:
+        raise ConfigError(source, field, f"{file}: not valid JSON ({exc.msg}, line {exc.lineno})") from None
+    if not isinstance(data, dict) or not data or not all(
+            isinstance(v, (int, float)) and not isinstance(v, bool) for v in data.values()):
+        raise ConfigError(source, field, f"{file}: a thresholds file holds a JSON object {{module name: number}}")
+    return file
+
+
+def measure_references(ccfg: CompareConfig, executor: Executor, names: list[str]) -> list[dict[str, Any]]:
+    """Each reference configuration's objective values on the comparison's model and calibration set."""
+    out = []
+    for ref in ccfg.references:
+        thresholds = {k: float(v) for k, v in json.loads(Path(ref.thresholds).read_text(encoding="utf-8")).items()}
+        try:
+            result = executor.measure(thresholds, names)
+        except UserError as exc:  # e.g. a module the model does not have
+            raise UserError(f"references: {ref.label}: {ref.thresholds}: {exc}") from None
+        out.append({"label": ref.label, "file": ref.thresholds, "values": dict(result.values)})
+    return out
 
 
 def compare_run_dir(ccfg: CompareConfig) -> Path:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -47,6 +47,9 @@ class SearchSpaceConfig(_Strict):
       the published greedy procedure does (every module with a target > 0 needs its own statistics);
     - ``dense``: every module's statistics from one pass of the dense model;
     - ``auto`` (default): sequential for the greedy and hybrid samplers, dense for the others.
+
+    `criterion` is what a threshold is compared with: ``magnitude`` (default, |x|) or ``weight_norm``
+    (|x| * the column norm of the consuming maps, WINA; see `thresh_opt.models.criterion`).
     """
 
     name: str = "space"
@@ -54,6 +57,15 @@ class SearchSpaceConfig(_Strict):
     levels: Literal["linear", "geometric"] | list[float] | None = "linear"
     range: Range | None = None
     statistics: Literal["auto", "dense", "sequential"] = "auto"
+    criterion: Literal["magnitude", "weight_norm"] = "magnitude"
+
+    @field_validator("criterion", mode="before")
+    @classmethod
+    def _criterion(cls, v: Any) -> Any:
+        allowed = get_args(cls.model_fields["criterion"].annotation)  # = thresh_opt.models.criterion.CRITERIA
+        if v not in allowed:
+            raise ValueError(f"unknown criterion {v!r}; allowed: {', '.join(allowed)}")
+        return v
 
     def statistics_for(self, sampler: str) -> Literal["dense", "sequential"]:
         """The mapping the study uses with this sampler."""
@@ -140,12 +152,24 @@ class EvaluationConfig(_Strict):
     them for trials that violate a constraint on the cheap objectives or are dominated on the study's
     cheap objectives by an earlier trial; ``never`` computes every objective on every trial. A trial
     with skipped objectives is stored PRUNED, with its cheap values and the reason.
+
+    early_rejection: a greedy candidate is measured batch by batch against its reference and stopped as
+    soon as a paired sequential test decides it (`thresh_opt.incremental.sequential`); its stored loss is
+    then an estimate. Batches are of ``batch_size`` chunks: use a small one (1) for it to stop early.
     """
 
     incremental: bool = True  # False: every pass from the tokens (the published procedure's cost)
     cache_mb: float = Field(512.0, ge=1.0)  # kept block inputs, module inputs, results (LRU)
     batch_size: int = Field(8, ge=1)  # calibration chunks per forward call
     skip_expensive: Literal["never", "rejected", "dominated"] = "rejected"
+    early_rejection: bool = Field(False, strict=True)
+
+    @model_validator(mode="after")
+    def _early_needs_incremental(self) -> EvaluationConfig:
+        if self.early_rejection and not self.incremental:
+            # without kept batch results every reference batch would be measured again for each candidate
+            raise ValueError("early_rejection: true needs incremental: true")
+        return self
 
 
 class BaselineConfig(_Strict):

@@ -99,6 +99,7 @@ def _start_up(study: optuna.Study, cfg: StudyConfig, space: SearchSpace, info: M
     study.set_user_attr(keys.DENSE_SPARSITY, reference.per_module_sparsity)
     study.set_user_attr(keys.GROUPS, info.groups)
     study.set_user_attr(keys.STATISTICS, info.statistics)
+    study.set_user_attr(keys.CRITERION, {"name": space.config.criterion, "model": cfg.model.model_dump()})
     if info.hardware is not None:
         profile = str(Path(cfg.profile).resolve()) if cfg.profile else None
         study.set_user_attr(keys.HARDWARE, {**info.hardware, "profile": profile})
@@ -170,11 +171,11 @@ def run_study(run: StudyRun, executor: Executor, on_trial: TrialCallback | None 
             return stepped is not None and stepped.needs_wait(study)
 
         def gate_for(number: int) -> Gate | None:
-            if not gating:
+            if not gating and not cfg.evaluation.early_rejection:
                 return None
             acceptance = stepped.acceptance(study, number) if stepped is not None else None
             front = _cheap_points(study, cheap) if cfg.evaluation.skip_expensive == "dominated" else None
-            return Gate(stepped.loss_key if stepped is not None else None, acceptance, front)
+            return Gate(stepped.loss_key if stepped is not None else None, acceptance, front, skip=gating)
 
         def may_ask() -> bool:
             return (len(running) < executor.capacity and finished() < cfg.trials

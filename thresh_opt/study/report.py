@@ -111,8 +111,22 @@ def plot_history(summaries: list[StudySummary], trials: int, path: Path) -> Path
     return path
 
 
-def plot_fronts(studies: dict[str, list[optuna.Study]], path: Path) -> Path | None:
-    """The Pareto front of each sampler (union of its seeds' trials), together."""
+def reached(studies: dict[str, list[optuna.Study]], references: list[dict[str, Any]]) -> dict[str, list[str]]:
+    """Per reference point: the contenders with a front trial at least as good in every objective."""
+    first = next(iter(studies.values()))[0]
+    names, sign = first.user_attrs.get(keys.OBJECTIVES) or [], analysis.signs(first)
+    out: dict[str, list[str]] = {}
+    for ref in references:
+        target = np.array([ref["values"][n] for n in names]) * sign
+        out[ref["label"]] = [label for label, group in studies.items()
+                             if any(np.all(np.array(t.values) * sign <= target)
+                                    for s in group for t in analysis.pareto_front(s))]
+    return out
+
+
+def plot_fronts(studies: dict[str, list[optuna.Study]], path: Path,
+                references: list[dict[str, Any]] | None = None) -> Path | None:
+    """The Pareto front of each sampler (union of its seeds' trials), together, with the reference points."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -130,6 +144,10 @@ def plot_fronts(studies: dict[str, list[optuna.Study]], path: Path) -> Path | No
         keep = analysis.non_dominated(points * analysis.signs(first))
         front = points[sorted(keep, key=lambda i: points[i][0])]
         ax.step(front[:, 0], front[:, 1], where="post", marker="o", markersize=3, label=label)
+    for ref in references or []:
+        x, y = (ref["values"][n] for n in names[:2])
+        ax.plot([x], [y], marker="*", markersize=11, color="black", linestyle="none")
+        ax.annotate(ref["label"], (x, y), textcoords="offset points", xytext=(5, -10), fontsize=7)
     ax.set(xlabel=names[0], ylabel=names[1], title="Pareto fronts (all seeds of each sampler)")
     ax.legend(fontsize=8)
     fig.tight_layout()
@@ -147,7 +165,8 @@ def reference_text(study: optuna.Study) -> str:
 
 
 def markdown(ccfg: CompareConfig, rows: list[dict[str, Any]], summaries: list[StudySummary], reference: str,
-             source: str, plots: list[Path]) -> str:
+             source: str, plots: list[Path], references: list[dict[str, Any]] | None = None,
+             reached_by: dict[str, list[str]] | None = None) -> str:
     """The comparison report."""
     lines = [f"# Comparison `{ccfg.name}`", "",
              f"- File: `{source}`; written {datetime.now(UTC):%Y-%m-%d %H:%M} UTC",
@@ -178,6 +197,14 @@ def markdown(ccfg: CompareConfig, rows: list[dict[str, Any]], summaries: list[St
         lines += [f"- {Verdict(title, best[key], r['sampler'], r[key]['u'], r[key]['p']).line()}"
                   for r in rows if "p" in r[key]]
     lines += [""]
+    if references:
+        names = list(references[0]["values"])
+        lines += ["Reference points (black stars in the fronts plot), and the contenders whose front reaches them "
+                  "(a trial at least as good in every objective):", "",
+                  "| reference | " + " | ".join(names) + " | reached by |", "|---|" + "---:|" * len(names) + "---|"]
+        lines += [f"| {r['label']} | " + " | ".join(f"{r['values'][n]:.4g}" for n in names)
+                  + f" | {', '.join((reached_by or {}).get(r['label'], [])) or 'none'} |" for r in references]
+        lines += [""]
     stopped = [s for s in summaries if s.sampler_finished]
     if stopped:
         lines += ["Stopped early (sampler finished): "
@@ -187,18 +214,25 @@ def markdown(ccfg: CompareConfig, rows: list[dict[str, Any]], summaries: list[St
 
 
 def write_report(ccfg: CompareConfig, studies: list[tuple[str, optuna.Study]], summaries: list[StudySummary],
-                 folder: Path, source: str) -> tuple[list[Path], list[dict[str, Any]]]:
-    """Table, plots, report.md and summary.json in `folder`, from the studies and their summaries."""
+                 folder: Path, source: str, references: list[dict[str, Any]] | None = None,
+                 ) -> tuple[list[Path], list[dict[str, Any]]]:
+    """Table, plots, report.md and summary.json in `folder`, from the studies, their summaries and the
+    reference points (`compare.measure_references`)."""
     folder.mkdir(parents=True, exist_ok=True)
     rows = table(ccfg, summaries)
     by_label: dict[str, list[optuna.Study]] = {}
     for label, s in studies:
         by_label.setdefault(label, []).append(s)
     plots = [plot_history(summaries, ccfg.trials, folder / "hypervolume.png")]
-    fronts = plot_fronts(by_label, folder / "fronts.png")
+    references = references or []
+    fronts = plot_fronts(by_label, folder / "fronts.png", references)
     plots += [fronts] if fronts else []
     reference = reference_text(studies[0][1])
-    (folder / "report.md").write_text(markdown(ccfg, rows, summaries, reference, source, plots))
+    reached_by = reached(by_label, references)
+    (folder / "report.md").write_text(markdown(ccfg, rows, summaries, reference, source, plots, references,
+                                               reached_by))
     (folder / "summary.json").write_text(json.dumps({"compare": ccfg.model_dump(), "reference": reference, "rows": rows,
+                                                    "references": [{**r, "reached_by": reached_by[r["label"]]}
+                                                                   for r in references],
                                                     "studies": [asdict(s) for s in summaries]}, indent=1))
     return [folder / "report.md", folder / "summary.json", *plots], rows

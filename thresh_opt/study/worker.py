@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import time
 import traceback
 from dataclasses import asdict, dataclass, field, replace
@@ -18,6 +19,7 @@ from thresh_opt.study.config import SearchSpaceConfig, StudyConfig, constraint_v
 if TYPE_CHECKING:
     from pathlib import Path
 
+    from thresh_opt.incremental.sequential import Screen
     from thresh_opt.models import LoadedModel
     from thresh_opt.samplers import Acceptance
 
@@ -38,6 +40,7 @@ class TrialResult:
     start_block: int | None = None
     cache_mb: float = 0.0
     lost: str | None = None  # the worker died during the trial: why (nothing was measured)
+    screened: dict[str, float] = field(default_factory=dict)  # early rejection: batches measured, verdict
 
     @property
     def forward_equivalents(self) -> float:
@@ -48,7 +51,8 @@ class TrialResult:
         """What the trial cost, as trial user attributes."""
         return {keys.FORWARD_EQUIVALENTS: self.forward_equivalents, keys.SECONDS: self.seconds,
                 keys.CACHE_MB: self.cache_mb,
-                **{f"cost.{k}": float(v) for k, v in asdict(self.cost).items() if k != "seconds"}}
+                **{f"cost.{k}": float(v) for k, v in asdict(self.cost).items() if k != "seconds"},
+                **self.screened}
 
 
 @dataclass(frozen=True)
@@ -103,11 +107,14 @@ class Gate:
         front: with ``skip_expensive: dominated``, the cheap objective values of earlier trials
             (minimization form, the order of the study's cheap objectives); a trial one of them
             dominates, or one that violates a constraint on a cheap objective, is skipped.
+        skip: False when the gate only carries the acceptance rule for early rejection (the expensive
+            objectives are never skipped).
     """
 
     key: str | None = None
     acceptance: Acceptance | None = None
     front: tuple[tuple[float, ...], ...] | None = None
+    skip: bool = True
 
 
 class TrialWorker:
@@ -158,7 +165,11 @@ class TrialWorker:
 
         self.space = SearchSpace.build(space_cfg, self.loaded.thresholded.sites)
         self.statistics = space_cfg.statistics_for(sampler)
+        self.loaded.thresholded.set_criterion(space_cfg.criterion)  # before the reset: it drops other criteria's stats
         self.engine.reset()
+        # early rejection: the configurations this worker evaluated in this study, by their stored loss (a
+        # candidate's reference is known to it only by its loss)
+        self._by_loss: dict[float, tuple[float, ...]] = {}
 
     def _dense_stats(self) -> None:
         """The dense mapping needs every module's dense statistics: from the disk cache, else from one pass
@@ -211,16 +222,56 @@ class TrialWorker:
             names = self.loaded.thresholded.names
             vector = self.engine.thresholds_for([targets[n] for n in names], self.statistics)
             thresholds = dict(zip(names, vector))
-            reason = (lambda values: self._reason(gate, values)) if gate is not None else None
-            ev = self.evaluator.evaluate(thresholds, only=self.needed, gate=reason, first=gate.key if gate else None)
+            reason = (lambda values: self._reason(gate, values)) if gate is not None and gate.skip else None
+            screen = self._screen(vector, gate)
+            with self.engine.screening(screen) if screen is not None else contextlib.nullcontext():
+                ev = self.evaluator.evaluate(thresholds, only=self.needed, gate=reason,
+                                             first=gate.key if gate else None)
+            screened = self._screened(screen, vector, gate, ev.values)
             return TrialResult(ev.values, thresholds, ev.per_module_sparsity, time.perf_counter() - started,
                                skipped=ev.skipped, cost=self._spent(before, started),
-                               start_block=self.engine.last_start, cache_mb=self.engine.usage().mb)
+                               start_block=self.engine.last_start, cache_mb=self.engine.usage().mb,
+                               screened=screened)
         except Exception as exc:  # noqa: BLE001 - stored as a FAIL trial with its error; the study goes on
             last = traceback.format_exception_only(type(exc), exc)[-1].strip()
             return TrialResult(seconds=time.perf_counter() - started, error=last, cost=self._spent(before, started))
         finally:
             release_free_memory()
+
+    def _screen(self, vector: list[float], gate: Gate | None) -> Screen | None:
+        """With early rejection, the screen of a greedy candidate whose reference this worker evaluated
+        (the dense configuration, or an earlier trial with the reference's loss); None otherwise: a full pass."""
+        from thresh_opt.incremental.sequential import Screen, SequentialTest
+
+        if not self.cfg.evaluation.early_rejection or gate is None or gate.acceptance is None:
+            return None
+        reference = gate.acceptance.reference
+        if reference == self.evaluator.dense.values.get("calibration_loss"):
+            found: tuple[float, ...] | None = (0.0,) * len(vector)
+        else:
+            found = self._by_loss.get(reference)  # another worker's trial: unknown here
+        if found is None or found == tuple(vector):
+            return None
+        return Screen(tuple(vector), found, reference, SequentialTest(gate.acceptance.tolerance, self.engine.n_batches))
+
+    def _screened(self, screen: Screen | None, vector: list[float], gate: Gate | None,
+                  values: dict[str, float]) -> dict[str, float]:
+        """Remember the configuration by its stored loss; for a screened trial, the user attributes saying
+        how many batches it took and what the test decided."""
+        if gate is not None and gate.key in values:
+            self._by_loss.setdefault(values[gate.key], tuple(vector))
+        if screen is None:
+            return {}
+        outcome = self.engine.last_screened
+        if outcome is None:  # the calibration loss was not measured (another objective failed first)
+            return {}
+        chunks = outcome.chunks if outcome.chunks is not None else self.engine.n_batches
+        early = chunks < self.engine.n_batches
+        # numbers only: these are logged as metrics with the cost
+        return {keys.CALIBRATION_CHUNKS: float(chunks),
+                keys.EARLY_REJECTED: float(early and outcome.verdict == "reject"),
+                keys.EARLY_ACCEPTED: float(early and outcome.verdict == "accept"),
+                keys.PARTIAL_LOSS: float(outcome.measured_loss or outcome.loss)}
 
     def _spent(self, before: Cost, started: float) -> Cost:
         return replace(self.engine.cost.since(before), seconds=time.perf_counter() - started)

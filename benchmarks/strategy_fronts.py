@@ -1,0 +1,176 @@
+"""Every search strategy's front against the thresholds learned by training, side by side in one run.
+
+    python benchmarks/strategy_fronts.py [--only sensitivity,greedy,...] [--ratios 1.03,1.05,1.07]
+                                         [--out runs/strategy-fronts] [--threads 2]
+
+Each strategy is `thresh-opt study run` on `studies/embedded-rwkv4-front.yaml` (rwkv4-tiny, 8 x 128
+calibration tokens, objectives loss ratio and MAC-weighted sparsity) with its sampler, in its own process
+(so its peak memory is its own). At each calibration-loss ratio r the strategy's point is its sparsest
+trial with loss ratio <= r (a real configuration, not an interpolation), re-evaluated for held-out
+perplexity. The learned thresholds (`thresh-opt baseline train`, penalties 0.5 / 1 / 2, 200 steps) are
+evaluated alike; their sparsity at r is interpolated along their points. Results are kept in the output
+folder, so a second run only adds what is missing (`--fresh` starts over).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import numpy as np
+import optuna
+import yaml
+
+from thresh_opt.baseline import compare as bc
+from thresh_opt.calibration import CalibrationSpec
+from thresh_opt.models import load_model
+from thresh_opt.objectives import Evaluator
+
+REPO = Path(__file__).resolve().parent.parent
+TEMPLATE = REPO / "studies" / "embedded-rwkv4-front.yaml"
+PER_MODULE = str(REPO / "search_spaces" / "rwkv4-per-module.yaml")
+PER_KIND = str(REPO / "search_spaces" / "rwkv4-per-kind.yaml")
+PENALTIES = (0.5, 1.0, 2.0)
+TRAIN_STEPS = 200
+
+# label -> (sampler, search space, trial cap); seeded samplers run seed 0 with the FE cap of `FE_CAP`
+STRATEGIES: dict[str, tuple[dict[str, Any], str, int]] = {
+    "greedy-1.002": ({"name": "greedy", "options": {"loss_inc": 1.002}}, PER_MODULE, 400),
+    "greedy-multi": ({"name": "greedy", "options": {"loss_inc": [1.001, 1.002, 1.003]}}, PER_MODULE, 600),
+    "sensitivity": ({"name": "sensitivity"}, PER_MODULE, 600),
+    "sensitivity-per-kind": ({"name": "sensitivity"}, PER_KIND, 200),
+    "tpe": ({"name": "tpe"}, PER_KIND, 240),
+    "nsga2": ({"name": "nsga2"}, PER_KIND, 240),
+}
+FE_CAP = 240.0
+
+
+def run_strategy(label: str, folder: Path, threads: int) -> dict[str, Any]:
+    """`thresh-opt study run` for one strategy; its trials' (loss ratio, sparsity, thresholds), cost,
+    wall seconds and peak memory."""
+    sampler, space, trials = STRATEGIES[label]
+    cfg = yaml.safe_load(TEMPLATE.read_text())
+    cfg |= {"name": f"fronts-{label}", "sampler": sampler, "search_space": space, "trials": trials,
+            "run_dir": str(folder / "run"), "max_forward_equivalents": FE_CAP * 3}
+    if sampler["name"] in ("tpe", "nsga2", "random"):
+        cfg["max_forward_equivalents"] = FE_CAP
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / "study.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    began = time.perf_counter()
+    proc = subprocess.Popen([sys.executable, "-m", "thresh_opt", "study", "run", str(path), "--json"],
+                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+                            env={**os.environ, "OMP_NUM_THREADS": str(threads)})
+    out = proc.stdout.read() if proc.stdout else ""
+    _, status, usage = os.wait4(proc.pid, 0)
+    if status != 0:
+        raise RuntimeError(f"{label}: study run exited with status {status}")
+    wall = time.perf_counter() - began
+    data = json.loads(out)
+    storage = optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(
+        str(folder / "run" / "optuna.journal")))
+    study = optuna.load_study(study_name=cfg["name"], storage=storage)
+    points = [{"trial": t.number, "loss_ratio": t.user_attrs["loss_ratio"], "sparsity": t.user_attrs["sparsity"],
+               "thresholds": json.loads(t.user_attrs["thresholds"])}
+              for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
+              if "loss_ratio" in t.user_attrs and "thresholds" in t.user_attrs]
+    return {"label": label, "trials": len(study.trials),
+            "forward_equivalents": data["cost"]["total_forward_equivalents"], "seconds": wall,
+            "peak_memory_mb": usage.ru_maxrss / 1024, "points": points}
+
+
+def best_at(points: list[dict[str, Any]], ratio: float) -> dict[str, Any] | None:
+    """The sparsest configuration with loss ratio <= ratio."""
+    within = [p for p in points if p["loss_ratio"] <= ratio]
+    return max(within, key=lambda p: p["sparsity"]) if within else None
+
+
+def learned(folder: Path, threads: int) -> list[dict[str, Any]]:
+    """The learned thresholds at each penalty (trained once, then kept)."""
+    kept = folder / "learned.json"
+    if kept.exists():
+        return json.loads(kept.read_text())
+    folder.mkdir(parents=True, exist_ok=True)
+    os.environ["OMP_NUM_THREADS"] = str(threads)
+    made = []
+    for penalty in PENALTIES:
+        _, setting, path, cost = bc.trained_point("embedded:rwkv4-tiny", penalty, TRAIN_STEPS, folder,
+                                                  ["--count", "8", "--ctx-len", "128"], [])
+        made.append({"setting": setting, "file": str(path), **cost})
+    kept.write_text(json.dumps(made, indent=1))
+    return made
+
+
+def main() -> None:
+    """Run what is missing, then print the table (Markdown) and write it with the raw results."""
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--only", help="comma-separated strategy labels (default: all)")
+    p.add_argument("--ratios", default="1.03,1.05,1.07")
+    p.add_argument("--out", type=Path, default=REPO / "runs" / "strategy-fronts")
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--fresh", action="store_true", help="forget kept results")
+    args = p.parse_args()
+    ratios = [float(r) for r in args.ratios.split(",")]
+    labels = args.only.split(",") if args.only else list(STRATEGIES)
+    unknown = [x for x in labels if x not in STRATEGIES]
+    if unknown:
+        sys.exit(f"--only: unknown strategy {unknown[0]!r}; allowed: {', '.join(STRATEGIES)}")
+    results = {}
+    for label in labels:
+        kept = args.out / label / "result.json"
+        if args.fresh or not kept.exists():
+            kept.parent.mkdir(parents=True, exist_ok=True)
+            kept.write_text(json.dumps(run_strategy(label, args.out / label, args.threads)))
+        results[label] = json.loads(kept.read_text())
+    trained = learned(args.out / "learned", args.threads)
+
+    loaded = load_model("embedded:rwkv4-tiny")
+    evaluator = Evaluator(loaded, ["loss_ratio", "perplexity", "sparsity"],
+                          calibration=CalibrationSpec(source="heldout", ctx_len=128, count=8))
+    for t in trained:
+        t["values"] = dict(evaluator.evaluate(json.loads(Path(t["file"]).read_text())).values)
+    order = np.argsort([t["values"]["loss_ratio"] for t in trained])
+    xs = [trained[i]["values"]["loss_ratio"] for i in order]
+    reference = {r: float(np.interp(r, xs, [trained[i]["values"]["sparsity"] for i in order])) for r in ratios}
+    ppl = {r: float(np.interp(r, xs, [trained[i]["values"]["perplexity"] for i in order])) for r in ratios}
+    train_fe = sum(t["forward_equivalents"] for t in trained)
+
+    head = " | ".join(f"@{r:g}: sparsity (gap), ppl" for r in ratios)
+    lines = [f"| strategy | {head} | FE | FE / training's | seconds | peak MB |",
+             "|---|" + "---:|" * (len(ratios) + 4)]
+    lines.append("| learned (3 penalties, interpolated) | "
+                 + " | ".join(f"{reference[r]:.1%}, {ppl[r]:.2f}" for r in ratios)
+                 + f" | {train_fe:.0f} | 1 | {sum(t['seconds'] for t in trained):.0f} | "
+                 f"{max(t['peak_memory_mb'] for t in trained):.0f} |")
+    for label, res in results.items():
+        cells = []
+        for r in ratios:
+            b = best_at(res["points"], r)
+            if b is None:
+                cells.append("none")
+                continue
+            b.setdefault("perplexity", {})
+            key = f"{r:g}"
+            if key not in b["perplexity"]:
+                b["perplexity"][key] = evaluator.evaluate(b["thresholds"]).values["perplexity"]
+            cells.append(f"{b['sparsity']:.1%} ({100 * (b['sparsity'] - reference[r]):+.1f}), "
+                         f"{b['perplexity'][key]:.2f}")
+        lines.append(f"| {label} | " + " | ".join(cells) + f" | {res['forward_equivalents']:.0f} | "
+                     f"{res['forward_equivalents'] / train_fe:.2f} | {res['seconds']:.0f} | "
+                     f"{res['peak_memory_mb']:.0f} |")
+    table = "\n".join(lines)
+    print(table)
+    (args.out / "table.md").write_text(table + "\n")
+    (args.out / "learned-points.json").write_text(json.dumps(trained, indent=1))
+
+
+if __name__ == "__main__":
+    main()
