@@ -11,11 +11,11 @@ from typing import TYPE_CHECKING, Any
 
 from optuna.logging import get_logger
 from optuna.samplers import BaseSampler
-from optuna.trial import TrialState
 
 from thresh_opt import compat
 from thresh_opt.samplers import allocation
 from thresh_opt.samplers._greedy_state import Acceptance, Ledger, PassState, Spec, budgets, collect, replay_budget
+from thresh_opt.samplers._replay import Result, read_ledger
 from thresh_opt.samplers._stamped import StampedSampler, finite, positive_levels
 
 if TYPE_CHECKING:
@@ -40,16 +40,10 @@ Key = tuple[float, ...]  # the owned parameters' values, in search-space order
 
 
 @dataclass
-class _Result:
-    loss: float | None  # None: the evaluation failed, or stored no finite loss
-    sparsity: float | None
-
-
-@dataclass
 class _State:
     """What the stored trials say, and what follows from it."""
 
-    results: dict[Key, _Result] = field(default_factory=dict)
+    results: dict[Key, Result] = field(default_factory=dict)
     pending: set[Key] = field(default_factory=set)  # RUNNING, or enqueued and WAITING
     dense_loss: float | None = None
     front: list[allocation.Allocation] | None = None  # the selected front (None until phase 1 is done)
@@ -200,43 +194,16 @@ class SensitivitySampler(StampedSampler):
                 out.append((name, level, tuple(key)))
         return out
 
-    def _key(self, params: Mapping[str, Any] | None) -> Key | None:
-        if not params or any(n not in params for n in self._names):
-            return None
-        values = []
-        for n in self._names:
-            v = finite(params[n])
-            if v is None:
-                return None
-            values.append(v)
-        return tuple(values)
-
     def _params(self, key: Key) -> dict[str, float]:
         return dict(zip(self._names, key))
 
     # ---- derived state -------------------------------------------------------------------------
 
     def _read(self, study: Study) -> _State:
-        state = _State()
         # Query the storage directly, as GridSampler does (a pruner may filter study.get_trials).
         trials = compat.all_trials(study)
-        for t in trials:
-            if t.state in (TrialState.RUNNING, TrialState.WAITING):
-                key = self._key(t.system_attrs.get(PARAMS) or t.system_attrs.get("fixed_params") or t.params)
-                if key is not None:
-                    state.pending.add(key)
-                continue
-            key = self._key(t.params)
-            if key is None:
-                continue
-            loss = finite(t.user_attrs.get(self._loss_key))
-            if t.state == TrialState.PRUNED and loss is None:
-                continue  # abandoned: issued again
-            if t.state not in (TrialState.COMPLETE, TrialState.FAIL, TrialState.PRUNED):
-                continue
-            known = state.results.get(key)
-            if known is None or known.loss is None:  # the first result with a loss wins
-                state.results[key] = _Result(loss, finite(t.user_attrs.get(self._sparsity_key)))
+        ledger = read_ledger(trials, self._names, PARAMS, self._loss_key, self._sparsity_key)
+        state = _State(results=ledger.results_by_key, pending=ledger.pending)
         dense = state.results.get(self._dense)
         state.dense_loss = dense.loss if dense is not None else None
         probes = self._probes()
