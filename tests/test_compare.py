@@ -138,6 +138,7 @@ def test_budgets_in_forward_equivalents_and_reference_points(tmp_path, capsys):
     report = (tmp_path / "run" / "report" / "report.md").read_text()
     assert "HV @2 FE" in report and "| FE |" in report
     assert "| all-zero |" in report and "| none |" in report
+    assert "Stopped early" not in report  # the FE budget ended them, not their samplers
 
 
 def test_only_names_a_label(tmp_path, capsys):

@@ -91,7 +91,7 @@ def _compare(args: argparse.Namespace) -> int:
             study = run_contender(c, run_dir, executor, str(source), on_trial)
             progress.remove_task(task)
             progress.update(overall, completed=i + 1, status=f"{c.study_name} done")
-            s = report.summarize(c.label, c.seed, study, ccfg.trials)
+            s = report.summarize(c.label, c.seed, study, ccfg.trials, ccfg.forward_equivalents)
             studies.append((c.label, study))
             summaries.append(s)
             tracker.log_study(c.study_name, {"sampler": c.cfg.sampler.name, "label": c.label, "seed": c.seed,

@@ -43,13 +43,16 @@ class StudySummary:
         return within[-1] if within else 0.0
 
 
-def summarize(label: str, seed: int, study: optuna.Study, trials: int) -> StudySummary:
-    """Measure one finished (or interrupted) study."""
+def summarize(label: str, seed: int, study: optuna.Study, trials: int,
+              forward_equivalents: float | None = None) -> StudySummary:
+    """Measure one finished (or interrupted) study; `trials` and `forward_equivalents` are its budget."""
     done = evaluations(study)
     fe = analysis.cost_history(study)
+    spent = fe[-1] if fe else 0.0
+    out_of_fe = forward_equivalents is not None and spent >= forward_equivalents
     return StudySummary(label, seed, study.study_name, analysis.hypervolume_history(study), done,
                         len(analysis.pareto_front(study)), float(study.user_attrs.get(keys.WALL_SECONDS, 0.0)),
-                        done < trials, fe, fe[-1] if fe else 0.0)
+                        done < trials and not out_of_fe, fe, spent)
 
 
 def budget_columns(ccfg: CompareConfig) -> list[tuple[str, str]]:
