@@ -28,7 +28,7 @@ from __future__ import annotations
 import contextlib
 import time
 from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Literal, Protocol
 
 import torch
 
@@ -40,8 +40,19 @@ from thresh_opt.models.thresholded import Counts
 if TYPE_CHECKING:
     from collections.abc import Iterable, Iterator, Sequence
 
-    from thresh_opt.incremental.sequential import Screen
     from thresh_opt.models.thresholded import Observer, ThresholdedModel
+
+
+class Screen(Protocol):
+    """What :meth:`IncrementalEngine.screening` runs in place of a candidate's full pass (the engine's side of
+    :class:`thresh_opt.incremental.sequential.Screen`, which imports the engine, not the other way round)."""
+
+    @property
+    def candidate(self) -> tuple[float, ...]:
+        """Its thresholds (site order)."""
+
+    def run(self, engine: IncrementalEngine) -> PassOutcome:
+        """Measure the candidate batch by batch until the test decides."""
 
 Statistics = Literal["dense", "sequential"]
 STATISTICS = ("dense", "sequential")
