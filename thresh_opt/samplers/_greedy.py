@@ -18,6 +18,7 @@ from thresh_opt.samplers._greedy_state import (
     PASS_ID,
     PASS_KIND,
     REFERENCE,
+    REFERENCE_PARAMS,
     ROLE,
     STEP,
     TOLERANCE,
@@ -92,7 +93,8 @@ class GreedySampler(StampedSampler):
     ``greedy:pass``, ``greedy:pass_kind`` (``"tolerance"``, ``"budget"``), ``greedy:tolerance`` (a budget
     pass's budget), ``greedy:module``, ``greedy:candidate``, ``greedy:step``
     (module index, -1 for the dense trial), ``greedy:params`` and, for a candidate whose reference loss
-    is known, ``greedy:reference`` (:meth:`acceptance` gives the rule that will judge it). A new
+    is known, ``greedy:reference`` and ``greedy:reference_params`` (the configuration it was measured on;
+:meth:`acceptance` gives the rule that will judge it). A new
     sampler on the same storage continues where the old one stopped. Trials it did not issue
     (enqueued baselines, other samplers, a sampler with other settings) are ignored.
 
@@ -268,7 +270,7 @@ class GreedySampler(StampedSampler):
         attrs = study.get_trials(deepcopy=False)[number].system_attrs
         if attrs.get(ROLE) != "candidate" or finite(attrs.get(REFERENCE)) is None:
             return None
-        return Acceptance(attrs[REFERENCE], attrs[TOLERANCE])
+        return Acceptance(attrs[REFERENCE], attrs[TOLERANCE], attrs.get(REFERENCE_PARAMS))
 
     def final_params(self, study: Study) -> list[dict[str, float]]:
         """The accepted value of every parameter, one dict per finished pass: the tolerance passes in order,
@@ -321,6 +323,7 @@ class GreedySampler(StampedSampler):
                 stamp = self._stamp(role, key[0], key[1], key[2], -1 if key[1] is None else step)
                 if role == "candidate" and current.acceptance is not None:
                     stamp[REFERENCE] = current.acceptance.reference
+                    stamp[REFERENCE_PARAMS] = dict(current.acceptance.basis or {})
                 params = self._config(current, key)
             else:
                 _logger.warning(

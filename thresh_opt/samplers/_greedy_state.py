@@ -44,6 +44,7 @@ CANDIDATE = "greedy:candidate"  # its value in this trial (0.0 for the dense tri
 STEP = "greedy:step"  # index of the module in the order (-1 for the dense trial)
 PARAMS = "greedy:params"  # the whole assignment of the trial
 REFERENCE = "greedy:reference"  # L_ref its candidate is judged against (None while unknown)
+REFERENCE_PARAMS = "greedy:reference_params"  # the configuration L_ref was measured on (with REFERENCE)
 
 Key = tuple[int, "str | None", float]
 
@@ -89,10 +90,13 @@ def budgets(budget: object, what: str = "budget") -> tuple[float, ...]:
 
 @dataclass(frozen=True)
 class Acceptance:
-    """The published acceptance rule: a candidate passes while loss / reference < tolerance."""
+    """The published acceptance rule: a candidate passes while loss / reference < tolerance; `basis`, when
+    known, is the configuration (parameter -> value) whose loss is `reference` (early rejection measures the
+    candidate against it batch by batch)."""
 
     reference: float  # L_ref: the loss of the last accepted configuration
     tolerance: float
+    basis: Mapping[str, float] | None = field(default=None, compare=False)
 
     def accepts(self, loss: float | None) -> bool:
         """True when the loss passes (a missing loss never does)."""
@@ -241,7 +245,8 @@ def replay_pass(spec: Spec, p: int, tolerance: float, ledger: Ledger) -> PassSta
     rule = None
     for m, name in enumerate(spec.names):
         cands = spec.candidates[name]
-        rule = Acceptance(l_ref, tolerance) if l_ref is not None else None
+        basis = {n: accepted.get(n, 0.0) for n in spec.names}  # the configuration L_ref was measured on
+        rule = Acceptance(l_ref, tolerance, basis) if l_ref is not None else None
         seen = tried[name] = []
 
         def outcome(i: int, name: str = name, cands: tuple[float, ...] = cands, rule: Acceptance | None = rule,
@@ -276,7 +281,7 @@ def replay_budget(spec: Spec, p: int, budget: float, start: Mapping[str, float],
     spend: the pass is done at once, with the start. Warm start and the keep-first quirk do not apply.
     """
     start = {name: float(start.get(name, 0.0)) for name in spec.names}
-    rule = Acceptance(dense_loss, budget)
+    rule = Acceptance(dense_loss, budget, dict.fromkeys(spec.names, 0.0))
     if start_loss is not None and not rule.accepts(start_loss):
         return PassState(p, start, len(spec.names), [], rule, {}, start, start_loss)
     accepted: dict[str, float] = {}

@@ -333,7 +333,7 @@ class SensitivitySampler(StampedSampler):
         stamp = attrs.get(REFINE)
         if attrs.get(ROLE) != "refine" or not isinstance(stamp, dict):
             return None
-        return Acceptance(stamp["reference"], stamp["budget"])
+        return Acceptance(stamp["reference"], stamp["budget"], dict.fromkeys(self._names, 0.0))  # on the dense loss
 
     # ---- inspection ----------------------------------------------------------------------------
 

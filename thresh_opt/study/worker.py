@@ -167,9 +167,6 @@ class TrialWorker:
         self.statistics = space_cfg.statistics_for(sampler)
         self.loaded.thresholded.set_criterion(space_cfg.criterion)  # before the reset: it drops other criteria's stats
         self.engine.reset()
-        # early rejection: the configurations this worker evaluated in this study, by their stored loss (a
-        # candidate's reference is known to it only by its loss)
-        self._by_loss: dict[float, tuple[float, ...]] = {}
 
     def _dense_stats(self) -> None:
         """The dense mapping needs every module's dense statistics: from the disk cache, else from one pass
@@ -223,11 +220,11 @@ class TrialWorker:
             vector = self.engine.thresholds_for([targets[n] for n in names], self.statistics)
             thresholds = dict(zip(names, vector))
             reason = (lambda values: self._reason(gate, values)) if gate is not None and gate.skip else None
-            screen = self._screen(vector, gate)
+            screen = self._screen(params, vector, gate)
             with self.engine.screening(screen) if screen is not None else contextlib.nullcontext():
                 ev = self.evaluator.evaluate(thresholds, only=self.needed, gate=reason,
                                              first=gate.key if gate else None)
-            screened = self._screened(screen, vector, gate, ev.values)
+            screened = self._screened(screen)
             return TrialResult(ev.values, thresholds, ev.per_module_sparsity, time.perf_counter() - started,
                                skipped=ev.skipped, cost=self._spent(before, started),
                                start_block=self.engine.last_start, cache_mb=self.engine.usage().mb,
@@ -238,32 +235,25 @@ class TrialWorker:
         finally:
             release_free_memory()
 
-    def _screen(self, vector: list[float], gate: Gate | None) -> Screen | None:
-        """With early rejection, the screen of a greedy candidate whose reference this worker evaluated
-        (the dense configuration, or an earlier trial with the reference's loss); None otherwise: a full pass."""
+    def _screen(self, params: dict[str, float], vector: list[float], gate: Gate | None) -> Screen | None:
+        """With early rejection, the screen of a candidate whose rule names the configuration its reference loss
+        was measured on (`Acceptance.basis`); None otherwise: a full pass."""
         from thresh_opt.incremental.sequential import Screen, SequentialTest
 
-        if not self.cfg.evaluation.early_rejection or gate is None or gate.acceptance is None:
+        rule = gate.acceptance if gate is not None else None
+        if not self.cfg.evaluation.early_rejection or rule is None or rule.basis is None:
             return None
-        reference = gate.acceptance.reference
-        if reference == self.evaluator.dense.values.get("calibration_loss"):
-            found: tuple[float, ...] | None = (0.0,) * len(vector)
-        else:
-            found = self._by_loss.get(reference)  # another worker's trial: unknown here
-        if found is None or found == tuple(vector):
+        targets = self.space.targets({**params, **rule.basis})
+        names = self.loaded.thresholded.names
+        reference = tuple(self.engine.thresholds_for([targets[n] for n in names], self.statistics))
+        if reference == tuple(vector):
             return None
-        return Screen(tuple(vector), found, reference, SequentialTest(gate.acceptance.tolerance, self.engine.n_batches))
+        return Screen(tuple(vector), reference, rule.reference, SequentialTest(rule.tolerance, self.engine.n_batches))
 
-    def _screened(self, screen: Screen | None, vector: list[float], gate: Gate | None,
-                  values: dict[str, float]) -> dict[str, float]:
-        """Remember the configuration by its stored loss; for a screened trial, the user attributes saying
-        how many batches it took and what the test decided."""
-        if gate is not None and gate.key in values:
-            self._by_loss.setdefault(values[gate.key], tuple(vector))
-        if screen is None:
-            return {}
-        outcome = self.engine.last_screened
-        if outcome is None:  # the calibration loss was not measured (another objective failed first)
+    def _screened(self, screen: Screen | None) -> dict[str, float]:
+        """For a screened trial, the user attributes saying how many batches it took and what the test decided."""
+        outcome = self.engine.last_screened if screen is not None else None
+        if outcome is None:  # not screened, or the calibration loss was not measured (another objective failed)
             return {}
         chunks = outcome.chunks if outcome.chunks is not None else self.engine.n_batches
         early = chunks < self.engine.n_batches
