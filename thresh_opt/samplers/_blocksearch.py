@@ -13,8 +13,8 @@ from optuna.distributions import BaseDistribution, FloatDistribution
 from optuna.trial import TrialState, create_trial
 
 from thresh_opt import compat
-from thresh_opt.samplers._blockwise import block_of as default_block_of
 from thresh_opt.samplers._blockwise import group_blocks
+from thresh_opt.samplers._greedy_state import block_of as default_block_of
 from thresh_opt.samplers._stamped import StampedSampler, finite, positive_levels
 
 if TYPE_CHECKING:
@@ -109,7 +109,7 @@ class BlockSearchSampler(StampedSampler):
             Multivariate TPE (the mean, spread and rises interact).
         block_of:
             Parameter name -> block index (None: no index). Default:
-            :func:`~thresh_opt.samplers._blockwise.block_of`.
+            :func:`~thresh_opt.samplers._greedy_state.block_of`.
         independent_sampler:
             Samples the parameters it does not own (default: :class:`~optuna.samplers.RandomSampler`).
         warn_independent_sampling:

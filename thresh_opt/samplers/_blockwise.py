@@ -8,13 +8,13 @@ replay finds missing.
 from __future__ import annotations
 
 import math
-import re
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from optuna.logging import get_logger
 
 from thresh_opt import compat
+from thresh_opt.samplers._greedy_state import block_of
 from thresh_opt.samplers._replay import Ledger, Missing, Result, read_ledger
 from thresh_opt.samplers._stamped import StampedSampler, finite, positive_levels
 
@@ -36,16 +36,7 @@ PARAMS = "blockwise:params"  # the whole assignment of the trial
 BLOCK = "blockwise:block"  # a step's block (its index in block order; None otherwise)
 TARGETS = "blockwise:targets"  # a front trial's block-level target sparsities (None otherwise)
 
-_BLOCK = re.compile(r"^(?:.*?\.)?(\d+)(?:\.|$)")
 _EPS = 1e-12
-
-
-def block_of(name: str) -> int | None:
-    """The block index of a parameter: its first all-digit dotted segment (``"blocks.3.att.key"`` -> 3,
-    ``"block.3"`` -> 3), or None when it has none (``"att.key"``, ``"all"``)."""
-    match = _BLOCK.match(name)
-    return int(match.group(1)) if match else None
-
 
 _default_block_of = block_of  # the constructor's argument of the same name shadows it
 

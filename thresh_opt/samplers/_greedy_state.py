@@ -48,17 +48,24 @@ REFERENCE_PARAMS = "greedy:reference_params"  # the configuration L_ref was meas
 
 Key = tuple[int, "str | None", float]
 
-_KIND = re.compile(r"^(?:.*?\.)?\d+\.(.+)$")
+_INDEXED = re.compile(r"^(?:.*?\.)?(\d+)(?:\.(.+))?$")  # <prefix>.<block index>[.<kind>]
 
 
 def default_kind(name: str) -> str:
     """The name without its leading ``<prefix>.<int>.``: ``"blocks.3.att.key"`` -> ``"att.key"``.
 
     The prefix may contain dots (``"model.layers.3.mlp.fc1"`` -> ``"mlp.fc1"``); a name without an
-    all-digit segment is its own kind.
+    all-digit segment followed by more is its own kind.
     """
-    match = _KIND.match(name)
-    return match.group(1) if match else name
+    match = _INDEXED.match(name)
+    return match.group(2) if match and match.group(2) else name
+
+
+def block_of(name: str) -> int | None:
+    """The block index of a parameter: its first all-digit dotted segment (``"blocks.3.att.key"`` -> 3,
+    ``"block.3"`` -> 3), or None when it has none (``"att.key"``, ``"all"``)."""
+    match = _INDEXED.match(name)
+    return int(match.group(1)) if match else None
 
 
 def _ratios(value: object) -> tuple[float, ...] | None:
