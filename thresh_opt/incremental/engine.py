@@ -192,8 +192,9 @@ class IncrementalEngine:
     def reset(self) -> None:
         """Forget everything but the dense model's results (a new study starts from the same state); also
         those, and every statistic, when the model's criterion changed since they were measured."""
-        self.store.clear()
-        if self.tm.criterion != self._criterion:
+        if self.tm.criterion == self._criterion:
+            self.store.clear()
+        else:  # the pinned dense statistics measured another score
             self.store = LRUStore(self.store.max_bytes)
             self._dense_stats, self._criterion = None, self.tm.criterion
 

@@ -169,15 +169,17 @@ class PrefixRunner:
             with self._skipping(start), contextlib.ExitStack() as stack:
                 for observer in watching:
                     stack.enter_context(self.tm.observe(observer))
+                before = self.tm.counts()  # each batch's counts: the change since the previous snapshot
                 for i, b in enumerate(order):
                     batch_index[0], self.batch, batch = i, b, self.batches[b]
-                    before = self.tm.counts()
                     try:
                         loss: float | None = self.head.loss_sum(partial(self.tm, input_ids=batch, use_cache=False),
                                                                 batch)
                     except _Stop:
                         loss = None
-                    counts.append(_minus(self.tm.counts(), before))
+                    after = self.tm.counts()  # one snapshot per batch (on a GPU each reads the counters back)
+                    counts.append(_minus(after, before))
+                    before = after
                     losses.append(loss)
                     if loss is not None:
                         total += loss
