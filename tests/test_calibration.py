@@ -120,3 +120,29 @@ def test_calibrate_command(tmp_path, capsys):
     assert list((tmp_path / "stats").glob("*.json"))
     assert main([*args[:2], "--count", "0"]) == 2
     assert "--count: Input should be greater than or equal to 1" in capsys.readouterr().err
+
+
+def test_cache_writes_are_atomic_and_never_share_a_temporary_file(tmp_path):
+    from thresh_opt.config import atomic_write
+
+    path = tmp_path / "cache" / "x.json"
+    atomic_write(path, lambda tmp: tmp.write_text("old"))
+    seen = []
+
+    def fail(tmp):
+        seen.append(tmp)
+        tmp.write_text("half")
+        raise OSError("disk full")
+
+    with pytest.raises(OSError, match="disk full"):
+        atomic_write(path, fail)
+    assert path.read_text() == "old" and list(path.parent.iterdir()) == [path]  # no temporary left behind
+
+    def nested(tmp):  # a second writer of the same file while the first is writing (Ray workers do this)
+        seen.append(tmp)
+        atomic_write(path, lambda inner: (seen.append(inner), inner.write_text("second")))
+        tmp.write_text("first")
+
+    atomic_write(path, nested)
+    assert path.read_text() == "first" and len(set(seen)) == len(seen) == 3
+    assert list(path.parent.iterdir()) == [path]

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar, get_args
 
@@ -24,6 +26,21 @@ def shared_dir() -> Path:
 def shared_data_dir() -> Path:
     """Evaluation data and text (shared/data)."""
     return shared_dir() / "data"
+
+
+def atomic_write(path: Path, write: Callable[[Path], object]) -> None:
+    """Write `path` through `write(temporary path)`, then rename it into place: a killed process never
+    leaves half a file, and processes writing the same file at once (Ray workers, test processes) each
+    use their own temporary name, so no rename finds its file taken by another."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, name = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    tmp = Path(name)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def load_yaml(path: Path) -> object:

@@ -12,7 +12,6 @@ frozen, or fine-tuned too with `fine_tune`.
 from __future__ import annotations
 
 import math
-import os
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -22,6 +21,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from thresh_opt.config import atomic_write
 from thresh_opt.models.thresholded import ThresholdedModel
 
 
@@ -173,7 +173,4 @@ def train_thresholds(
 
 
 def _save(path: Path, state: dict[str, Any]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    torch.save(state, tmp)
-    os.replace(tmp, path)
+    atomic_write(path, lambda tmp: torch.save(state, tmp))

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 
+from thresh_opt.config import atomic_write
 from thresh_opt.errors import UserError
 
 if TYPE_CHECKING:
@@ -147,8 +148,5 @@ def calibration_chunks(loaded: LoadedModel, spec: CalibrationSpec | None = None,
     chunks = stream[: n * spec.ctx_len].view(n, spec.ctx_len)
     order = torch.randperm(n, generator=torch.Generator().manual_seed(spec.seed))[: spec.count]
     chunks = chunks[order.sort().values].contiguous()  # keep text order among the chosen chunks
-    folder.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    torch.save(chunks, tmp)
-    tmp.replace(path)  # atomic: a killed run never leaves half a cache file
+    atomic_write(path, lambda tmp: torch.save(chunks, tmp))
     return chunks

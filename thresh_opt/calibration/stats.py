@@ -13,6 +13,7 @@ import numpy as np
 import torch
 
 from thresh_opt.calibration.data import CalibrationSpec, cache_dir, calibration_chunks, chunks_key
+from thresh_opt.config import atomic_write
 
 if TYPE_CHECKING:
     from thresh_opt.models import LoadedModel, ThresholdedModel
@@ -144,10 +145,8 @@ def read_stats(path: Path) -> ActivationStats | None:
 
 def write_stats(path: Path, stats: ActivationStats) -> None:
     """Cache statistics at `path` (atomically)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps({"levels": stats.levels, "thresholds": stats.thresholds}))
-    tmp.replace(path)
+    text = json.dumps({"levels": stats.levels, "thresholds": stats.thresholds})
+    atomic_write(path, lambda tmp: tmp.write_text(text))
 
 
 def cached_activation_stats(
