@@ -11,11 +11,14 @@ import time
 import pytest
 from optuna.trial import TrialState
 from test_study import FAST, load, write_study
-from test_study_parallel import free_port
+from test_study_parallel import start_ray_head, stop_ray
 
 from thresh_opt import keys
 from thresh_opt.cli import main
 from thresh_opt.study.driver import evaluated
+
+# Marker `ray` (Ray runtimes and `ray start` clusters): `pytest -m "not ray"` skips them for a quick run.
+pytestmark = pytest.mark.ray
 
 RANDOM = {"sampler": {"name": "random"}, "baselines": {"dense": True, "uniform": []}}
 
@@ -80,16 +83,11 @@ def test_workers_that_keep_dying_stop_the_study_with_one_line_and_keep_what_was_
 @pytest.fixture(scope="module")
 def gpu_cluster():
     """A real `ray start` cluster that declares 2 GPUs (none exist: Ray only does the bookkeeping)."""
-    port = free_port()
-    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0"}
-    ray_bin = os.path.join(os.path.dirname(sys.executable), "ray")
-    subprocess.run([ray_bin, "start", "--head", "--node-ip-address", "127.0.0.1", "--port", str(port),
-                    "--num-cpus", "2", "--num-gpus", "2", "--include-dashboard", "false", "--disable-usage-stats"],
-                   env=env, check=True, capture_output=True, timeout=180)
+    address = start_ray_head("--num-cpus", "2", "--num-gpus", "2")
     try:
-        yield f"127.0.0.1:{port}"
+        yield address
     finally:
-        subprocess.run([ray_bin, "stop", "--force"], env=env, capture_output=True, timeout=120)
+        stop_ray()
 
 
 @pytest.mark.parametrize(("gpus", "distinct"), [("1", 2), ("0.5", None)])

@@ -19,6 +19,9 @@ from thresh_opt import keys
 from thresh_opt.cli import main
 from thresh_opt.study.driver import evaluated
 
+# Marker `ray` (Ray runtimes and `ray start` clusters): `pytest -m "not ray"` skips them for a quick run.
+pytestmark = pytest.mark.ray
+
 GREEDY = {**FAST, "sampler": {"name": "greedy", "options": {"loss_inc": 1.01}}, "trials": 200,
           "baselines": {"dense": True, "uniform": []}}
 
@@ -45,6 +48,30 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+RAY_BIN = os.path.join(os.path.dirname(sys.executable), "ray")
+RAY_ENV = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0"}
+
+
+def start_ray_head(*resources: str) -> str:
+    """A real `ray start --head` cluster on the loopback interface; its address. Started once more after a
+    `ray stop` when the first start fails (a slow machine can miss Ray's own start-up deadlines), and the
+    failure names Ray's own output."""
+    port = free_port()
+    cmd = [RAY_BIN, "start", "--head", "--node-ip-address", "127.0.0.1", "--port", str(port), *resources,
+           "--include-dashboard", "false", "--disable-usage-stats"]
+    started = subprocess.run(cmd, env=RAY_ENV, capture_output=True, text=True, timeout=180)
+    if started.returncode != 0:
+        stop_ray()
+        started = subprocess.run(cmd, env=RAY_ENV, capture_output=True, text=True, timeout=180)
+    assert started.returncode == 0, started.stdout[-2000:] + started.stderr[-2000:]
+    return f"127.0.0.1:{port}"
+
+
+def stop_ray() -> None:
+    """`ray stop --force`: ends every Ray process on this machine (so the Ray tests run one at a time)."""
+    subprocess.run([RAY_BIN, "stop", "--force"], env=RAY_ENV, capture_output=True, timeout=120)
 
 
 @pytest.fixture(scope="module")
@@ -92,12 +119,7 @@ def test_a_killed_study_resumes_without_losing_or_repeating_trials(tmp_path, ser
 
 
 def test_a_study_on_a_ray_cluster_tracked_by_an_mlflow_server(tmp_path):
-    ray_port, mlflow_port = free_port(), free_port()
-    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0"}
-    ray_bin = os.path.join(os.path.dirname(sys.executable), "ray")
-    subprocess.run([ray_bin, "start", "--head", "--node-ip-address", "127.0.0.1", "--port", str(ray_port),
-                    "--num-cpus", "2", "--include-dashboard", "false", "--disable-usage-stats"],
-                   env=env, check=True, capture_output=True, timeout=180)
+    address, mlflow_port = start_ray_head("--num-cpus", "2"), free_port()
     server = subprocess.Popen([sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port",
                                str(mlflow_port), "--backend-store-uri", f"sqlite:///{tmp_path / 'server.db'}",
                                "--artifacts-destination", str(tmp_path / "server-artifacts"), "--workers", "1"],
@@ -113,8 +135,8 @@ def test_a_study_on_a_ray_cluster_tracked_by_an_mlflow_server(tmp_path):
                 time.sleep(1)
         path = write(tmp_path, "c", sampler={"name": "random"}, trials=4)
         joined = subprocess.run([sys.executable, "-m", "thresh_opt", "study", "run", str(path), "--ray-address",
-                                 f"127.0.0.1:{ray_port}", "--workers", "2", "--tracking-uri", uri, "--json"],
-                                env={**env, "HF_HUB_OFFLINE": "1"}, capture_output=True, text=True, timeout=600)
+                                 address, "--workers", "2", "--tracking-uri", uri, "--json"],
+                                env={**RAY_ENV, "HF_HUB_OFFLINE": "1"}, capture_output=True, text=True, timeout=600)
         # a fresh process, as users join (Ray reads auth at import)
         assert joined.returncode == 0, joined.stderr[-2000:]
         study = load(tmp_path, "c")
@@ -127,7 +149,7 @@ def test_a_study_on_a_ray_cluster_tracked_by_an_mlflow_server(tmp_path):
     finally:
         server.send_signal(signal.SIGTERM)
         server.wait(timeout=30)
-        subprocess.run([ray_bin, "stop", "--force"], env=env, capture_output=True, timeout=120)
+        stop_ray()
 
 
 def test_ctrl_c_stops_cleanly_and_the_study_resumes(tmp_path):
