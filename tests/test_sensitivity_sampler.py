@@ -240,6 +240,34 @@ def test_phase_one_probes_each_parameter_alone_then_phase_two_evaluates_the_pred
     assert sens["blocks.0.ffn"][0.9] == pytest.approx(3.0 * 0.05 * 0.9**3)
 
 
+
+def test_probe_levels_bring_the_front_sooner_and_refinement_walks_every_level():
+    probed = [0.3, 0.9]
+    sampler = SensitivitySampler(dict.fromkeys(NAMES, LEVELS), front_size=6, probe_levels=probed,
+                                 refine_budgets=[1.02])
+    study = new_study(sampler)
+    drive(study, sampler)
+    trials = study.trials
+    allowed = {0.0, *probed}
+    assert [t.params for t in trials if role(t) == "probe"] == [p for p in probes() if set(p.values()) <= allowed]
+    # the front is the Lagrangian front of the probed levels only
+    table = {n: {lv: loss_of({**dict.fromkeys(NAMES, 0.0), n: lv}) - DENSE_LOSS for lv in [0.0, *probed]}
+             for n in NAMES}
+    gains = {n: {lv: MACS[n] * lv for lv in table[n]} for n in NAMES}
+    path = [a for a in front(table, gains) if any(a.levels.values())]
+    assert [row["params"] for row in sampler.front(study)] == [a.levels for a in spread(path, 6)]
+    assert all(set(row["params"].values()) <= allowed for row in sampler.front(study))
+    # refinement raises by the search space's own steps, unprobed 0.6 included
+    refine = [t for t in trials if role(t) == "refine"]
+    assert refine and any(t.system_attrs["sensitivity:level"] == 0.6 for t in refine)
+    (row,) = sampler.refined(study)
+    assert row["done"] and row["loss_ratio"] < 1.02 and row["sparsity"] >= max(
+        sparsity_of(r["params"]) for r in sampler.front(study) if loss_of(r["params"]) / DENSE_LOSS < 1.02)
+    with pytest.raises(ValueError, match=r"probe_levels \[0.5\] are not levels of 'blocks.0.att'"):
+        SensitivitySampler(dict.fromkeys(NAMES, LEVELS), probe_levels=[0.3, 0.5])
+    with pytest.raises(ValueError, match="at least one level > 0"):
+        SensitivitySampler(dict.fromkeys(NAMES, LEVELS), probe_levels=[0.0])
+
 def test_an_enqueued_dense_baseline_is_the_dense_trial():
     sampler = SensitivitySampler(dict.fromkeys(NAMES, LEVELS), front_size=4)
     study = new_study(sampler)
@@ -387,6 +415,9 @@ def test_a_sensitivity_study_on_the_embedded_model(tmp_path, capsys):
     ({"weights": {"att.key": 1.0}}, "sampler.options.weights: takes a Python object"),
     ({"loss_inc": 1.01}, "sampler.options.loss_inc"),
     ({"loss_key": "accuracy"}, "sampler.options.loss_key: 'accuracy' is not computed by this study"),
+    ({"probe_levels": [0.3, 0.55]}, "sampler.options.probe_levels: [0.55] are not levels of the search space; "
+                                    "allowed: [0.1, 0.2,"),
+    ({"probe_levels": []}, "sampler.options.probe_levels: []; allowed: a non-empty list"),
 ])
 def test_bad_options_are_refused_when_the_file_loads(tmp_path, capsys, options, message):
     path = write_study(tmp_path, sampler={"name": "sensitivity", "options": options},

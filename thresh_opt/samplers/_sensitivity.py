@@ -16,7 +16,7 @@ from thresh_opt import compat
 from thresh_opt.samplers import allocation
 from thresh_opt.samplers._greedy_state import Acceptance, Ledger, PassState, Spec, budgets, collect, replay_budget
 from thresh_opt.samplers._replay import Result, read_ledger
-from thresh_opt.samplers._stamped import StampedSampler, finite, positive_levels
+from thresh_opt.samplers._stamped import StampedSampler, finite, level_subset, positive_levels
 
 if TYPE_CHECKING:
     from collections.abc import Mapping, Sequence
@@ -133,6 +133,9 @@ class SensitivitySampler(StampedSampler):
             The trial user attribute holding the measured sparsity (the gain without ``weights``).
         refine_budgets:
             Loss ratios to the dense loss (> 1): one refinement (budget pass) per budget. Default: none.
+        probe_levels:
+            The levels probed, among every parameter's levels (default: all of them). The front chooses
+            among the probed levels only; refinement walks every level. Fewer probes bring the front sooner.
         independent_sampler:
             Samples the parameters it does not own (not in ``search_space``, or asked on a trial it did
             not stamp), as Optuna's TPE and CMA-ES do. Default: :class:`~optuna.samplers.RandomSampler`.
@@ -148,6 +151,7 @@ class SensitivitySampler(StampedSampler):
         weights: Mapping[str, float] | None = None,
         sparsity_key: str = "sparsity",
         refine_budgets: Sequence[float] = (),
+        probe_levels: Sequence[float] | None = None,
         independent_sampler: BaseSampler | None = None,
         warn_independent_sampling: bool = True,
     ) -> None:
@@ -159,6 +163,8 @@ class SensitivitySampler(StampedSampler):
             if bad:
                 raise ValueError(f"weights must give every parameter a finite weight >= 0; wrong or missing: {bad}")
         self._levels = levels
+        self._probed = levels if probe_levels is None else level_subset(levels, probe_levels, "SensitivitySampler",
+                                                                          "probe_levels")
         self._names = tuple(levels)
         self._loss_key = loss_key
         self._sparsity_key = sparsity_key
@@ -188,7 +194,7 @@ class SensitivitySampler(StampedSampler):
         """(param, level, key) of every one-at-a-time configuration, in search-space then level order."""
         out = []
         for i, name in enumerate(self._names):
-            for level in self._levels[name]:
+            for level in self._probed[name]:
                 key = list(self._dense)
                 key[i] = level
                 out.append((name, level, tuple(key)))

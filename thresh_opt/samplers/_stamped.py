@@ -45,6 +45,20 @@ def positive_levels(search_space: Mapping[str, Sequence[float]], owner: str, wha
     return out
 
 
+
+def level_subset(levels: Mapping[str, tuple[float, ...]], subset: Sequence[float], owner: str,
+                 what: str) -> dict[str, tuple[float, ...]]:
+    """Every parameter's levels restricted to `subset` (positive, ascending); a ValueError naming a level
+    of `subset` that some parameter lacks, or an empty one."""
+    wanted = positive_levels({what: subset}, owner, what)[what]
+    if not wanted:
+        raise ValueError(f"{what} must hold at least one level > 0, got {list(subset)!r}")
+    for name, own in levels.items():
+        missing = [v for v in wanted if v not in own]
+        if missing:
+            raise ValueError(f"{what} {missing!r} are not levels of {name!r} (its levels: {list(own)})")
+    return dict.fromkeys(levels, wanted)
+
 class StampedSampler(BaseSampler):
     """Base of a sampler that stamps each trial's configuration (``params_attr``, a dict of its owned
     parameters) and returns it from :meth:`sample_independent`.

@@ -186,6 +186,7 @@ class SensitivityOptions(_Options):
     loss_key: str = "calibration_loss"
     front_size: int = Field(16, ge=1)
     refine_budgets: list[float] = Field(default_factory=list)  # budget passes from the measured front
+    probe_levels: list[float] | None = None  # probe only these levels (the search space's, checked at build)
     warn_independent_sampling: bool = True
 
     @field_validator("refine_budgets")
@@ -193,6 +194,20 @@ class SensitivityOptions(_Options):
     def _refine_budgets(cls, v: list[float]) -> list[float]:
         budgets(v, "refine_budgets")  # ValueError with the reason
         return v
+
+    @field_validator("probe_levels")
+    @classmethod
+    def _probe_levels(cls, v: list[float] | None) -> list[float] | None:
+        if v is not None and (not v or any(not 0 < x < 1 for x in v)):
+            raise ValueError(f"{v!r}; allowed: a non-empty list of levels of the search space, each in (0, 1)")
+        return v
+
+    def level_problem(self, levels: list[float]) -> tuple[str, str] | None:
+        """(field, problem) when probe_levels names levels the search space lacks, else None."""
+        missing = [v for v in self.probe_levels or [] if v not in levels]
+        if not missing:
+            return None
+        return "probe_levels", f"{missing!r} are not levels of the search space; allowed: {levels[1:]}"
 
 
 def _sensitivity(options: SensitivityOptions, ctx: BuildContext) -> SensitivitySampler:

@@ -41,9 +41,14 @@ def sampler_options(choice: SamplerChoice, source: str, field: str = "sampler.op
     return options
 
 
-def check_sampler_options(choice: SamplerChoice, source: str) -> None:
-    """Fail early, before any model loads, on an option the sampler does not have or a bad value."""
-    sampler_options(choice, source)
+def check_sampler_options(choice: SamplerChoice, source: str, levels: list[float] | None = None) -> None:
+    """Fail early, before any model loads, on an option the sampler does not have or a bad value, or one
+    that names levels the search space (its `levels`, when discrete) does not have."""
+    options = sampler_options(choice, source)
+    problem = getattr(options, "level_problem", None)
+    found = problem(levels) if problem is not None and levels is not None else None
+    if found is not None:
+        raise ConfigError(source, f"sampler.options.{found[0]}", found[1])
 
 
 def make_sampler(choice: SamplerChoice, candidates: dict[str, list[float]] | None, seed: int, trials: int,

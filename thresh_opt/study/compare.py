@@ -154,12 +154,12 @@ def load_compare(path: Path, overrides: dict[str, Any] | None = None,
     contenders = []
     for i, entry in enumerate(ccfg.samplers):
         sampler = SamplerConfig(name=entry.name, options=entry.options)
+        space = load_space((path.parent / entry.search_space).resolve()) if entry.search_space else default_space
         try:
-            check_sampler_options(sampler, str(path))
+            check_sampler_options(sampler, str(path), space.level_list())
             check_loss_key(template.model_copy(update={"sampler": sampler}), str(path))
         except ConfigError as exc:
             raise ConfigError(str(path), exc.field.replace("sampler.", f"samplers.{i}.", 1), exc.problem) from None
-        space = load_space((path.parent / entry.search_space).resolve()) if entry.search_space else default_space
         if walks_levels(entry.name) and space.level_list() is None:
             raise ConfigError(str(path), f"samplers.{i}.search_space",
                               f"the {entry.name} sampler needs discrete levels")

@@ -315,7 +315,7 @@ def load_study(path: Path | None = None) -> tuple[StudyConfig, SearchSpaceConfig
             space = validate(cfg.search_space, SearchSpaceConfig, str(path))
         except ConfigError as exc:
             raise ConfigError(str(path), f"search_space.{exc.field}", exc.problem) from None
-    check_sampler_options(cfg.sampler, str(path))
+    check_sampler_options(cfg.sampler, str(path), space.level_list())
     check_loss_key(cfg, str(path))
     check_workers(cfg, str(path))
     if walks_levels(cfg.sampler.name) and space.range is not None:
