@@ -37,16 +37,24 @@ from thresh_opt.objectives import Evaluator
 REPO = Path(__file__).resolve().parent.parent
 TEMPLATE = REPO / "studies" / "embedded-rwkv4-front.yaml"
 PER_MODULE = str(REPO / "search_spaces" / "rwkv4-per-module.yaml")
+PER_MODULE_FINE = str(REPO / "search_spaces" / "rwkv4-per-module-fine.yaml")  # levels up to 0.99
 PER_KIND = str(REPO / "search_spaces" / "rwkv4-per-kind.yaml")
 PENALTIES = (0.5, 1.0, 2.0)
 TRAIN_STEPS = 200
+RATIOS = [1.03, 1.05, 1.07]
 
 # label -> (sampler, search space, trial cap); seeded samplers run seed 0 with the FE cap of `FE_CAP`
 STRATEGIES: dict[str, tuple[dict[str, Any], str, int]] = {
     "greedy-1.002": ({"name": "greedy", "options": {"loss_inc": 1.002}}, PER_MODULE, 400),
+    "greedy-budget": ({"name": "greedy", "options": {"loss_inc": 1.002, "budget": RATIOS}}, PER_MODULE, 600),
     "greedy-multi": ({"name": "greedy", "options": {"loss_inc": [1.001, 1.002, 1.003]}}, PER_MODULE, 600),
     "sensitivity": ({"name": "sensitivity"}, PER_MODULE, 600),
+    "sensitivity-refined": ({"name": "sensitivity", "options": {"refine_budgets": RATIOS}}, PER_MODULE, 900),
+    "sensitivity-refined-fine": ({"name": "sensitivity", "options": {"refine_budgets": RATIOS}},
+                                 PER_MODULE_FINE, 1000),
     "sensitivity-per-kind": ({"name": "sensitivity"}, PER_KIND, 200),
+    "blockwise": ({"name": "blockwise", "options": {"max_loss_ratio": 1.01}}, PER_MODULE, 600),
+    "blocksearch": ({"name": "blocksearch"}, PER_MODULE, 150),
     "tpe": ({"name": "tpe"}, PER_KIND, 240),
     "nsga2": ({"name": "nsga2"}, PER_KIND, 240),
 }
@@ -113,7 +121,7 @@ def main() -> None:
     """Run what is missing, then print the table (Markdown) and write it with the raw results."""
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--only", help="comma-separated strategy labels (default: all)")
-    p.add_argument("--ratios", default="1.03,1.05,1.07")
+    p.add_argument("--ratios", default=",".join(f"{r:g}" for r in RATIOS))
     p.add_argument("--out", type=Path, default=REPO / "runs" / "strategy-fronts")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--fresh", action="store_true", help="forget kept results")

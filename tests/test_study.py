@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import optuna
 import pytest
@@ -180,3 +181,15 @@ def test_the_shipped_study_files_are_valid(name):
 
     cfg, space = load_study(REPO_DIR / "studies" / name)  # checked as `study run` checks them, no model loaded
     assert space.statistics_for(cfg.sampler.name) == ("sequential" if cfg.sampler.name == "greedy" else "dense")
+
+
+SPACES = Path(__file__).parent.parent / "search_spaces"
+
+
+@pytest.mark.parametrize("name", sorted(p.name for p in SPACES.glob("*.yaml")))
+def test_the_shipped_search_spaces_are_valid(name):
+    from thresh_opt.study.config import REPO_DIR, load_space
+
+    space = load_space(REPO_DIR / "search_spaces" / name)  # as `study run` loads it
+    levels = space.level_list()
+    assert levels is None or (levels[0] == 0.0 and levels == sorted(set(levels)) and max(levels) <= 0.99)
