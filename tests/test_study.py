@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import optuna
 import pytest
@@ -12,6 +11,7 @@ from mlflow.tracking import MlflowClient
 from optuna.trial import TrialState
 
 from thresh_opt.cli import main
+from thresh_opt.study.config import REPO_DIR, load_space
 
 FAST = {"model": {"source": "embedded:rwkv4-tiny"}, "calibration": {"ctx_len": 32, "count": 2},
         "search_space": {"grouping": "kind", "levels": "linear"},
@@ -183,13 +183,8 @@ def test_the_shipped_study_files_are_valid(name):
     assert space.statistics_for(cfg.sampler.name) == ("sequential" if cfg.sampler.name == "greedy" else "dense")
 
 
-SPACES = Path(__file__).parent.parent / "search_spaces"
-
-
-@pytest.mark.parametrize("name", sorted(p.name for p in SPACES.glob("*.yaml")))
+@pytest.mark.parametrize("name", sorted(p.name for p in (REPO_DIR / "search_spaces").glob("*.yaml")))
 def test_the_shipped_search_spaces_are_valid(name):
-    from thresh_opt.study.config import REPO_DIR, load_space
-
     space = load_space(REPO_DIR / "search_spaces" / name)  # as `study run` loads it
     levels = space.level_list()
     assert levels is None or (levels[0] == 0.0 and levels == sorted(set(levels)) and max(levels) <= 0.99)

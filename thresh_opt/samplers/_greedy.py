@@ -94,8 +94,8 @@ class GreedySampler(StampedSampler):
     pass's budget), ``greedy:module``, ``greedy:candidate``, ``greedy:step``
     (module index, -1 for the dense trial), ``greedy:params`` and, for a candidate whose reference loss
     is known, ``greedy:reference`` and ``greedy:reference_params`` (the configuration it was measured on;
-:meth:`acceptance` gives the rule that will judge it). A new
-    sampler on the same storage continues where the old one stopped. Trials it did not issue
+    :meth:`acceptance` gives the rule that will judge it). A new sampler on the same storage continues
+    where the old one stopped. Trials it did not issue
     (enqueued baselines, other samplers, a sampler with other settings) are ignored.
 
     Note:
@@ -323,7 +323,8 @@ class GreedySampler(StampedSampler):
                 stamp = self._stamp(role, key[0], key[1], key[2], -1 if key[1] is None else step)
                 if role == "candidate" and current.acceptance is not None:
                     stamp[REFERENCE] = current.acceptance.reference
-                    stamp[REFERENCE_PARAMS] = dict(current.acceptance.basis or {})
+                    if current.acceptance.basis is not None:
+                        stamp[REFERENCE_PARAMS] = dict(current.acceptance.basis)
                 params = self._config(current, key)
             else:
                 _logger.warning(

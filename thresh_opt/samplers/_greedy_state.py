@@ -252,8 +252,9 @@ def replay_pass(spec: Spec, p: int, tolerance: float, ledger: Ledger) -> PassSta
     rule = None
     for m, name in enumerate(spec.names):
         cands = spec.candidates[name]
-        basis = {n: accepted.get(n, 0.0) for n in spec.names}  # the configuration L_ref was measured on
-        rule = Acceptance(l_ref, tolerance, basis) if l_ref is not None else None
+        # L_ref was measured on the configuration accepted so far
+        rule = (Acceptance(l_ref, tolerance, {n: accepted.get(n, 0.0) for n in spec.names})
+                if l_ref is not None else None)
         seen = tried[name] = []
 
         def outcome(i: int, name: str = name, cands: tuple[float, ...] = cands, rule: Acceptance | None = rule,

@@ -45,7 +45,6 @@ def positive_levels(search_space: Mapping[str, Sequence[float]], owner: str, wha
     return out
 
 
-
 def level_subset(levels: Mapping[str, tuple[float, ...]], subset: Sequence[float], owner: str,
                  what: str) -> dict[str, tuple[float, ...]]:
     """Every parameter's levels restricted to `subset` (positive, ascending); a ValueError naming a level
@@ -58,6 +57,7 @@ def level_subset(levels: Mapping[str, tuple[float, ...]], subset: Sequence[float
         if missing:
             raise ValueError(f"{what} {missing!r} are not levels of {name!r} (its levels: {list(own)})")
     return dict.fromkeys(levels, wanted)
+
 
 class StampedSampler(BaseSampler):
     """Base of a sampler that stamps each trial's configuration (``params_attr``, a dict of its owned
