@@ -188,3 +188,30 @@ def test_the_shipped_search_spaces_are_valid(name):
     space = load_space(REPO_DIR / "search_spaces" / name)  # as `study run` loads it
     levels = space.level_list()
     assert levels is None or (levels[0] == 0.0 and levels == sorted(set(levels)) and max(levels) <= 0.99)
+
+
+def test_the_journal_is_synced_once_per_trial_state_change_and_reads_as_optunas(tmp_path, monkeypatch):
+    import os
+
+    from optuna.storages import JournalStorage
+    from optuna.storages.journal import JournalFileBackend
+
+    from thresh_opt import compat
+
+    synced, real_fsync = [], os.fsync
+    monkeypatch.setattr(os, "fsync", lambda fd: (synced.append(fd), real_fsync(fd))[1])
+    path = tmp_path / "optuna.journal"
+    study = optuna.create_study(study_name="j", storage=compat.journal_storage(path))
+    synced.clear()
+    study.enqueue_trial({"x": 0.5})  # a WAITING trial: synced
+    for _ in range(3):  # the first ask takes the enqueued trial (a state change: synced), the others are new
+        trial = study.ask()
+        trial.suggest_float("x", 0.0, 1.0)
+        trial.set_user_attr("a", 1.0)
+        study.tell(trial, trial.params["x"])  # synced: with it every earlier line
+    assert len(synced) == 1 + 1 + 3
+    assert len(path.read_text().splitlines()) > 12  # one line per write, most of them not synced alone
+    plain = optuna.load_study(study_name="j", storage=JournalStorage(JournalFileBackend(str(path))))
+    assert [(t.state, t.params, t.user_attrs, t.value) for t in plain.trials] == \
+        [(t.state, t.params, t.user_attrs, t.value) for t in study.trials]
+    assert plain.trials[0].params == {"x": 0.5} and len(plain.trials) == 3

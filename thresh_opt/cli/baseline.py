@@ -174,15 +174,13 @@ def cmd_compare(args: argparse.Namespace) -> int:
 def _study_front(run_dir: Path) -> list[tuple[float, float]]:
     """(sparsity, loss ratio) of a stored study's Pareto front."""
     import optuna
-    from optuna.storages import JournalStorage
-    from optuna.storages.journal import JournalFileBackend
 
-    from thresh_opt import analysis
+    from thresh_opt import analysis, compat
 
     journal = run_dir / keys.JOURNAL_FILE
     if not journal.is_file():
         raise UserError(f"--front {run_dir}: no {keys.JOURNAL_FILE} in this run folder")
-    storage = JournalStorage(JournalFileBackend(str(journal)))
+    storage = compat.journal_storage(journal)
     names = [s.study_name for s in optuna.get_all_study_summaries(storage)]
     study = optuna.load_study(study_name=names[0], storage=storage)
     return [(float(t.user_attrs["sparsity"]), float(t.user_attrs["loss_ratio"])) for t in analysis.pareto_front(study)

@@ -88,8 +88,9 @@ def cmd_ui(args: argparse.Namespace) -> int:
 
 def _dashboard_storage(args: argparse.Namespace) -> tuple[Any, str]:
     """The Optuna storage to show and how to name it: --storage (a URL or a journal file) or RUN_DIR's journal."""
-    from optuna.storages import JournalStorage, RDBStorage
-    from optuna.storages.journal import JournalFileBackend
+    from optuna.storages import RDBStorage
+
+    from thresh_opt import compat
 
     if args.storage and "://" in args.storage:
         from sqlalchemy.engine import make_url
@@ -106,7 +107,7 @@ def _dashboard_storage(args: argparse.Namespace) -> tuple[Any, str]:
         raise UserError("dashboard: give a run folder (RUN_DIR) or --storage URL")
     if not journal.is_file():
         raise UserError(f"{what}: no study here (no {journal})")
-    return JournalStorage(JournalFileBackend(str(journal))), str(journal)
+    return compat.journal_storage(journal), str(journal)
 
 
 def cmd_dashboard(args: argparse.Namespace) -> int:

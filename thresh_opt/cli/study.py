@@ -207,8 +207,8 @@ def _print_front(study: Any, rows: list[dict[str, Any]], run_dir: Path) -> None:
 
 def _load(args: argparse.Namespace) -> optuna.Study:
     import optuna
-    from optuna.storages import JournalStorage
-    from optuna.storages.journal import JournalFileBackend
+
+    from thresh_opt import compat
 
     if args.storage:
         storage: Any = args.storage
@@ -222,7 +222,7 @@ def _load(args: argparse.Namespace) -> optuna.Study:
         journal = target / keys.JOURNAL_FILE
         if not journal.is_file():
             raise UserError(f"{args.target}: no study here (no {journal})")
-        storage = JournalStorage(JournalFileBackend(str(journal)))
+        storage = compat.journal_storage(journal)
     names = optuna.get_all_study_names(storage)
     name = args.name or (names[0] if len(names) == 1 else None)
     if name not in names:

@@ -11,8 +11,6 @@ from typing import Literal
 
 import optuna
 from optuna.exceptions import UpdateFinishedTrialError
-from optuna.storages import JournalStorage
-from optuna.storages.journal import JournalFileBackend
 from optuna.trial import FrozenTrial, Trial, TrialState
 
 from thresh_opt import analysis, compat, keys
@@ -54,7 +52,7 @@ class StudyRun:
         if "://" in url:
             return url
         Path(url).parent.mkdir(parents=True, exist_ok=True)
-        return JournalStorage(JournalFileBackend(url))
+        return compat.journal_storage(url)
 
     @property
     def journal_path(self) -> str | None:
