@@ -68,7 +68,7 @@ def test_registry_lists_allowed_names_and_refuses_a_second_declaration():
 
 
 def test_sampler_metadata_drives_the_study_engine():
-    assert SAMPLERS.where(levels=True) == ("greedy", "hybrid", "sensitivity", "blockwise")
+    assert SAMPLERS.where(levels=True) == ("greedy", "hybrid", "sensitivity", "blockwise", "chain")
     assert SAMPLERS.where(deterministic=True) == ("greedy", "sensitivity", "blockwise")
     assert set(SAMPLERS.where(hybrid_base=True)) == {"tpe", "nsga2", "nsga3", "random", "gp"}
     # the options of Optuna's samplers come from their constructors: a new Optuna option is accepted as is

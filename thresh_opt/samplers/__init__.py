@@ -1,10 +1,11 @@
 """Samplers for threshold studies: the published sequential greedy search as an Optuna sampler, a hybrid
 whose greedy passes seed NSGA-II or TPE, the sensitivity allocation (one-at-a-time probes, then the
-Lagrangian front), TEAL's block-wise greedy allocation and WAS's constrained block search; every sampler a
-study file can name is declared in `catalog`."""
+Lagrangian front), TEAL's block-wise greedy allocation, WAS's constrained block search and a chain of
+samplers run one after another; every sampler a study file can name is declared in `catalog`."""
 
 from thresh_opt.samplers._blocksearch import BlockSearchSampler
 from thresh_opt.samplers._blockwise import BlockwiseSampler
+from thresh_opt.samplers._chain import ChainSampler
 from thresh_opt.samplers._greedy import GreedySampler
 from thresh_opt.samplers._greedy_state import Acceptance, default_kind, tolerances
 from thresh_opt.samplers._hybrid import HybridSampler
@@ -12,6 +13,6 @@ from thresh_opt.samplers._protocol import SteppedSampler
 from thresh_opt.samplers._sensitivity import SensitivitySampler
 
 __all__ = [
-    "Acceptance", "BlockSearchSampler", "BlockwiseSampler", "GreedySampler", "HybridSampler", "SensitivitySampler",
-    "SteppedSampler", "default_kind", "tolerances",
+    "Acceptance", "BlockSearchSampler", "BlockwiseSampler", "ChainSampler", "GreedySampler", "HybridSampler",
+    "SensitivitySampler", "SteppedSampler", "default_kind", "tolerances",
 ]

@@ -2,7 +2,9 @@
 
 Metadata of an entry:
     levels: walks a discrete candidate list (needs `levels`, not a `range`, and sequential statistics).
-    deterministic: its trials do not depend on the seed (a comparison runs it once).
+    deterministic: its trials do not depend on the seed (a comparison runs it once; a chain's is its
+        stages', see `thresh_opt.samplers.factory.is_deterministic`).
+    finishes: a stepped sampler whose search ends, so a chain's stage may follow it.
     hybrid_base: can be the hybrid's base sampler.
     build: (options, BuildContext) -> sampler.
 
@@ -26,6 +28,7 @@ from thresh_opt.errors import ConfigError
 from thresh_opt.registry import SAMPLERS
 from thresh_opt.samplers._blocksearch import BlockSearchSampler
 from thresh_opt.samplers._blockwise import BlockwiseSampler
+from thresh_opt.samplers._chain import ChainSampler
 from thresh_opt.samplers._greedy import GreedySampler
 from thresh_opt.samplers._greedy_state import budgets, tolerances
 from thresh_opt.samplers._hybrid import HybridSampler
@@ -146,10 +149,15 @@ def _greedy(options: GreedyOptions, ctx: BuildContext) -> GreedySampler:
     return GreedySampler({n: ctx.candidates[n] for n in names}, **opts)
 
 
+def _build(name: str, options: dict[str, Any], ctx: BuildContext) -> optuna.samplers.BaseSampler:
+    """A sampler inside another (a hybrid's base, a chain's stage), through its own entry."""
+    entry = SAMPLERS[name]
+    return entry.meta["build"](entry.options.model_validate(options), ctx)
+
+
 def _hybrid(options: HybridOptions, ctx: BuildContext) -> HybridSampler:
     greedy = _greedy(GreedyOptions(**options.greedy_options()), ctx)
-    base_entry = SAMPLERS[options.base]
-    base = base_entry.meta["build"](base_entry.options.model_validate(options.base_options), ctx)
+    base = _build(options.base, options.base_options, ctx)
     return HybridSampler(greedy, base, greedy_trials=round(options.greedy_share * ctx.trials))
 
 
@@ -165,8 +173,9 @@ def _optuna(cls: type, population: bool = False) -> Callable[[BaseModel, BuildCo
 
 
 _GREEDY_OBJECTS = tuple(n for n in python_only(GreedySampler) if n not in GreedyOptions.model_fields)
-SAMPLERS.register("greedy", GreedySampler, GreedyOptions, levels=True, deterministic=True, build=_greedy,
-                  python_only=_GREEDY_OBJECTS, description="the published sequential greedy search (design.md 1.3)")
+SAMPLERS.register("greedy", GreedySampler, GreedyOptions, levels=True, deterministic=True, finishes=True,
+                  build=_greedy, python_only=_GREEDY_OBJECTS,
+                  description="the published sequential greedy search (design.md 1.3)")
 SAMPLERS.register("hybrid", HybridSampler, HybridOptions, levels=True, build=_hybrid, python_only=_GREEDY_OBJECTS,
                   description="greedy passes at several tolerances, then a base sampler seeded with them")
 for _name, _cls, _population, _what in [
@@ -217,8 +226,9 @@ def _sensitivity(options: SensitivityOptions, ctx: BuildContext) -> SensitivityS
 
 
 SAMPLERS.register("sensitivity", SensitivitySampler, SensitivityOptions, levels=True, deterministic=True,
-                  build=_sensitivity, python_only=tuple(n for n in python_only(SensitivitySampler)
-                                                        if n not in SensitivityOptions.model_fields),
+                  finishes=True, build=_sensitivity,
+                  python_only=tuple(n for n in python_only(SensitivitySampler)
+                                    if n not in SensitivityOptions.model_fields),
                   description="each module alone at each level, then the Lagrangian allocation front")
 
 
@@ -268,11 +278,58 @@ def _blocksearch(options: BlockSearchOptions, ctx: BuildContext) -> BlockSearchS
 
 
 SAMPLERS.register("blockwise", BlockwiseSampler, BlockwiseOptions, levels=True, deterministic=True,
-                  build=_blockwise, python_only=tuple(n for n in python_only(BlockwiseSampler)
-                                                      if n not in BlockwiseOptions.model_fields),
+                  finishes=True, build=_blockwise,
+                  python_only=tuple(n for n in python_only(BlockwiseSampler)
+                                    if n not in BlockwiseOptions.model_fields),
                   description="TEAL's greedy allocation inside each block, combined per block-level target")
 # levels=False: its trials are arbitrary block profiles, so statistics default to one dense pass (as TPE's)
 SAMPLERS.register("blocksearch", BlockSearchSampler, BlockSearchOptions, build=_blocksearch,
                   python_only=tuple(n for n in python_only(BlockSearchSampler)
                                     if n not in BlockSearchOptions.model_fields),
                   description="WAS's TPE over per-block sparsities, non-decreasing with depth")
+
+
+# A chain in a chain adds nothing; the hybrid is a chain already (greedy, then its base), its greedy share
+# taken of the whole study's budget.
+NOT_IN_CHAIN = ("chain", "hybrid")
+
+
+class StageChoice(_Options):
+    """One stage of a chain: a registered sampler by name, with its options (checked against its own model)."""
+
+    name: str
+    options: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, v: str) -> str:
+        allowed = [n for n in SAMPLERS.names() if n not in NOT_IN_CHAIN]
+        if v not in allowed:
+            raise ValueError(f"{v!r}; allowed: {', '.join(allowed)}")
+        return v
+
+
+class ChainOptions(_Options):
+    """Options of the chain: its stages in order (ChainSampler's constructor)."""
+
+    stages: list[StageChoice] = Field(min_length=1)
+
+    @field_validator("stages")
+    @classmethod
+    def _finishing(cls, v: list[StageChoice]) -> list[StageChoice]:
+        finishing = SAMPLERS.where(finishes=True)
+        for i, stage in enumerate(v[:-1]):
+            if stage.name not in finishing:
+                raise ValueError(f"stage {i} ({stage.name!r}) never finishes, so no stage after it would run; "
+                                 f"allowed before the last stage: {', '.join(finishing)}")
+        return v
+
+
+def _chain(options: ChainOptions, ctx: BuildContext) -> ChainSampler:
+    return ChainSampler([_build(stage.name, stage.options, ctx) for stage in options.stages])
+
+
+# levels=True: its stepped stages walk the levels (statistics default to sequential, as theirs do)
+SAMPLERS.register("chain", ChainSampler, ChainOptions, levels=True, build=_chain,
+                  description="several samplers one after another on one study (e.g. a quick sensitivity run, "
+                              "then a full one)")

@@ -21,7 +21,7 @@ from thresh_opt import keys
 from thresh_opt.config import load_yaml, validate
 from thresh_opt.errors import ConfigError, UserError
 from thresh_opt.registry import SAMPLERS
-from thresh_opt.samplers.factory import check_sampler_options
+from thresh_opt.samplers.factory import check_sampler_options, is_deterministic
 from thresh_opt.study.config import (
     REPO_DIR,
     BaselineConfig,
@@ -163,7 +163,7 @@ def load_compare(path: Path, overrides: dict[str, Any] | None = None,
         if walks_levels(entry.name) and space.level_list() is None:
             raise ConfigError(str(path), f"samplers.{i}.search_space",
                               f"the {entry.name} sampler needs discrete levels")
-        seeds = ccfg.seeds[:1] if SAMPLERS[entry.name].meta.get("deterministic") else ccfg.seeds
+        seeds = ccfg.seeds[:1] if is_deterministic(sampler) else ccfg.seeds
         for seed in seeds:
             cfg = template.model_copy(update={
                 "name": f"{ccfg.name}.{entry.key}.s{seed}", "sampler": sampler, "seed": seed, "trials": ccfg.trials,
