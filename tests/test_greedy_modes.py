@@ -86,7 +86,7 @@ def test_fast_and_paper_mode_take_the_same_decisions_with_less_work(which, loss_
 def test_a_greedy_study_makes_the_published_choices(which, source, tmp_path, request):
     loaded = request.getfixturevalue(which)
     levels = [0.3, 0.6, 0.9]
-    paper = greedy_search(loaded, TINY, "paper", 1.005, levels, batch_size=2)
+    fast = greedy_search(loaded, TINY, "fast", 1.005, levels, batch_size=2)  # paper mode's choices (test above)
     cfg = {**FAST, "name": "g", "run_dir": str(tmp_path / "g"), "model": {"source": source},
            "calibration": TINY.model_dump(), "search_space": {"grouping": "module", "levels": levels},
            "sampler": {"name": "greedy", "options": {"loss_inc": 1.005}}, "trials": 300,
@@ -96,12 +96,11 @@ def test_a_greedy_study_makes_the_published_choices(which, source, tmp_path, req
     assert main(["study", "run", str(path)]) == 0
     study = load(tmp_path, "g")
     final = study.user_attrs["thresh_opt:final"][0]
-    assert final["params"] == paper.levels and final["thresholds"] == pytest.approx(paper.thresholds)
+    assert final["params"] == fast.levels and final["thresholds"] == pytest.approx(fast.thresholds)
     trial = study.trials[final["trial"]]
-    assert trial.user_attrs["calibration_loss"] == paper.final_loss and trial.user_attrs["sparsity"] == paper.sparsity
+    assert trial.user_attrs["calibration_loss"] == fast.final_loss and trial.user_attrs["sparsity"] == fast.sparsity
     assert study.user_attrs["thresh_opt:statistics"] == "sequential"
     # the study's trials cost no more than fast mode's passes
-    fast = greedy_search(loaded, TINY, "fast", 1.005, levels, batch_size=2)
     spent = sum(t.user_attrs["forward_equivalents"] for t in study.trials)
     assert spent + study.user_attrs["thresh_opt:reference_forward_equivalents"] <= fast.cost.forward_equivalents + 1e-9
 

@@ -24,6 +24,9 @@ pytestmark = pytest.mark.ray
 
 GREEDY = {**FAST, "sampler": {"name": "greedy", "options": {"loss_inc": 1.01}}, "trials": 200,
           "baselines": {"dense": True, "uniform": []}}
+# Three levels per kind: about 23 greedy trials instead of the linear levels' 58, enough to kill a driver
+# midway; a second driver that joins midway needs the longer search.
+SHORT = {"search_space": {"grouping": "kind", "levels": [0.2, 0.5, 0.8]}}
 
 
 def write(tmp_path, name, **overrides):
@@ -74,18 +77,23 @@ def stop_ray() -> None:
     subprocess.run([RAY_BIN, "stop", "--force"], env=RAY_ENV, capture_output=True, timeout=120)
 
 
-@pytest.fixture(scope="module")
-def serial_final(tmp_path_factory):
+def serial(tmp_path_factory, **overrides):
     tmp = tmp_path_factory.mktemp("serial")
-    assert main(["study", "run", str(write(tmp, "g"))]) == 0
+    assert main(["study", "run", str(write(tmp, "g", **overrides))]) == 0
     final, _study = final_of(tmp, "g")
     assert final and len(final[0]) == 7
     assert all(v > 0 for v in final[0].values())  # loss_inc 1.01 lets every kind take some sparsity
     return final
 
 
+@pytest.fixture(scope="module")
+def serial_final(tmp_path_factory):
+    """The serial greedy choices on the short search."""
+    return serial(tmp_path_factory, **SHORT)
+
+
 def test_greedy_makes_the_same_choices_with_two_ray_workers(tmp_path, serial_final):
-    assert main(["study", "run", str(write(tmp_path, "g")), "--workers", "2"]) == 0
+    assert main(["study", "run", str(write(tmp_path, "g", **SHORT)), "--workers", "2"]) == 0
     final, study = final_of(tmp_path, "g")
     assert final == serial_final
     steps = completed_steps(study)
@@ -93,7 +101,7 @@ def test_greedy_makes_the_same_choices_with_two_ray_workers(tmp_path, serial_fin
 
 
 def test_a_killed_study_resumes_without_losing_or_repeating_trials(tmp_path, serial_final):
-    path = write(tmp_path, "g")
+    path = write(tmp_path, "g", **SHORT)
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     proc = subprocess.Popen([sys.executable, "-m", "thresh_opt", "study", "run", str(path)], env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -197,19 +205,19 @@ def _two_drivers(tmp_path, name, path):
 
 
 def test_two_drivers_share_one_study_without_losing_or_repeating_trials(tmp_path):
-    path = write(tmp_path, "two", sampler={"name": "random"}, trials=150, baselines={"dense": True, "uniform": [0.5]})
+    path = write(tmp_path, "two", sampler={"name": "random"}, trials=100, baselines={"dense": True, "uniform": [0.5]})
     study = _two_drivers(tmp_path, "two", path)
-    assert sum(evaluated(t) for t in study.trials) == 150  # the budget, not one more
+    assert sum(evaluated(t) for t in study.trials) == 100  # the budget, not one more
     params = [tuple(sorted(t.params.items())) for t in study.trials]
     for level in (0.0, 0.5):  # each baseline enqueued and evaluated once
         assert params.count(tuple((k, level) for k, _ in sorted(study.trials[0].params.items()))) == 1
     assert len({t.system_attrs.get(keys.DRIVER) for t in study.trials}) == 2  # both drivers ran trials
 
 
-def test_two_drivers_keep_the_greedy_step_barrier(tmp_path, serial_final):
+def test_two_drivers_keep_the_greedy_step_barrier(tmp_path, tmp_path_factory):
     study = _two_drivers(tmp_path, "g", write(tmp_path, "g"))
     assert len({t.system_attrs.get(keys.DRIVER) for t in study.trials}) == 2  # both drivers ran greedy steps
     final = [f["params"] for f in study.user_attrs["thresh_opt:final"]]
-    assert final == serial_final
+    assert final == serial(tmp_path_factory)
     steps = completed_steps(study)
     assert len(steps) == len(set(steps))
