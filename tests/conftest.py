@@ -19,7 +19,7 @@ import torch  # noqa: E402
 from thresh_opt.config import shared_data_dir  # noqa: E402
 from thresh_opt.models import load_model  # noqa: E402
 
-torch.set_num_threads(2)
+torch.set_num_threads(int(os.environ.get("THRESH_OPT_TEST_THREADS", "2")))  # 1 beside a second pytest
 
 
 @pytest.fixture(scope="session")

@@ -13,6 +13,7 @@ from optuna.distributions import CategoricalDistribution
 from optuna.testing.pytest_samplers import BasicSamplerTestCase
 from optuna.trial import TrialState
 from test_sensitivity_sampler import LEVELS, NAMES, expected_front, new_study, probes, role, tell
+from test_sensitivity_sampler import drive as sensitivity_drive
 from test_study import load, write_study
 
 from thresh_opt import keys
@@ -36,14 +37,9 @@ def config(t):
 
 
 def drive(study, chain, batch=1, max_trials=200):
-    """Ask up to `batch` trials at a time (as parallel workers would), tell them, until the chain is finished."""
-    dists = {n: CategoricalDistribution(LEVELS) for n in NAMES}
-    while not chain.is_finished(study) and len(study.trials) < max_trials:
-        asked = [study.ask(dists)]
-        while len(asked) < batch and not chain.needs_wait(study) and not chain.is_finished(study):
-            asked.append(study.ask(dists))
-        for t in asked:
-            tell(study, t)
+    """The sensitivity tests' loop, with the chain's choices (a chain has no search space of its own)."""
+    choices = {n: CategoricalDistribution(LEVELS) for n in NAMES}
+    sensitivity_drive(study, chain, batch=batch, max_trials=max_trials, dists=choices)
 
 
 def quick_then_full():

@@ -180,8 +180,9 @@ def tell(study, trial, fail=lambda p: False, sparsity=True):
     study.tell(trial, [loss_of(trial.params), sparsity_of(trial.params)])
 
 
-def drive(study, sampler, batch=1, max_trials=200, **kw):
-    dists = {n: CategoricalDistribution(c) for n, c in sampler.search_space.items()}
+def drive(study, sampler, batch=1, max_trials=200, dists=None, **kw):
+    """Ask up to `batch` trials at a time (as parallel workers would), tell them, until the sampler is finished."""
+    dists = dists or {n: CategoricalDistribution(c) for n, c in sampler.search_space.items()}
     while not sampler.is_finished(study) and len(study.trials) < max_trials:
         asked = [study.ask(dists)]
         while len(asked) < batch and not sampler.needs_wait(study) and not sampler.is_finished(study):
