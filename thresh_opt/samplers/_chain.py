@@ -40,27 +40,23 @@ class ChainSampler(BaseSampler):
 
             from thresh_opt.samplers import ChainSampler, SensitivitySampler
 
-            weights = {"blocks.0.att.key": 0.002, "blocks.0.ffn.key": 0.05, "blocks.1.att.key": 0.004}
-            space = {name: [0.0, 0.3, 0.6, 0.9] for name in weights}
+            names = ["blocks.0.att.key", "blocks.0.ffn.key", "blocks.1.att.key"]
+            space = dict.fromkeys(names, [0.0, 0.3, 0.6, 0.9])
             quick = SensitivitySampler(space, front_size=2, probe_levels=[0.9])
             full = SensitivitySampler(space, front_size=4, refine_budgets=[1.01])
             sampler = ChainSampler([quick, full])
 
 
             def objective(trial):
-                x = {n: trial.suggest_categorical(n, full.search_space[n]) for n in weights}
-                trial.set_user_attr("sparsity", sum(x.values()) / 3)  # what a study measures
-                trial.set_user_attr("calibration_loss", 3.0 * (1 + sum(w * x[n] ** 2 for n, w in weights.items())))
+                x = [trial.suggest_categorical(n, full.search_space[n]) for n in names]
+                trial.set_user_attr("sparsity", sum(x) / len(x))  # what a study measures
+                trial.set_user_attr("calibration_loss", 3.0 + sum((i + 1) * v**2 for i, v in enumerate(x)) / 50)
                 return trial.user_attrs["calibration_loss"]
 
 
-            def stop_when_finished(study, _trial):
-                if sampler.is_finished(study):
-                    study.stop()
-
-
             study = optuna.create_study(sampler=sampler)
-            study.optimize(objective, n_trials=100, callbacks=[stop_when_finished])
+            while not sampler.is_finished(study):  # one trial at a time until the last stage is done
+                study.optimize(objective, n_trials=1)
             print([t.system_attrs["chain:stage"] for t in study.trials], len(sampler.final_params(study)))
 
     The sampler keeps no progress itself: :meth:`before_trial` stamps each trial with its stage (system
