@@ -206,6 +206,8 @@ def test_a_chain_study_on_the_embedded_model(tmp_path, capsys):
      "sampler.options.stages.0.options.weights: takes a Python object"),
     ([STAGES[0], {"name": "greedy", "options": {"loss_key": "loss_ratio"}}],
      "sampler.options.stages.1.options.loss_key: 'loss_ratio' differs from stage 0's 'calibration_loss'"),
+    ([{"name": "sensitivity", "options": {"loss_key": "perplexity"}}, {"name": "tpe"}],
+     "sampler.options.stages.0.options.loss_key: 'perplexity' is not computed by this study"),
 ])
 def test_bad_stage_options_are_refused_when_the_file_loads(tmp_path, capsys, stages, message):
     path = write_study(tmp_path, sampler={"name": "chain", "options": {"stages": stages}},

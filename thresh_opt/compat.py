@@ -16,6 +16,8 @@ from typing import Any
 import optuna
 from optuna.storages import JournalStorage
 from optuna.storages.journal import JournalFileBackend
+from optuna.storages.journal._file import get_lock_file
+from optuna.storages.journal._storage import JournalOperation as Op
 from optuna.trial import FrozenTrial, TrialState
 
 
@@ -44,15 +46,17 @@ def set_study_system_attr(study: optuna.Study, key: str, value: Any) -> None:
     study._storage.set_study_system_attr(study._study_id, key, value)
 
 
+# A running trial's own writes: the journal lines that are not synced to disk at once.
+_UNSYNCED = frozenset({Op.SET_TRIAL_PARAM, Op.SET_TRIAL_INTERMEDIATE_VALUE, Op.SET_TRIAL_USER_ATTR,
+                       Op.SET_TRIAL_SYSTEM_ATTR})
+
+
 def _synced(log: dict[str, Any]) -> bool:
     """Whether a journal line is synced to disk at once: every line but a running trial's own writes (its
     creation, parameters, intermediate values and attributes)."""
-    from optuna.storages.journal._storage import JournalOperation as Op
-
     if log.get("op_code") == Op.CREATE_TRIAL:
         return log.get("state", TrialState.RUNNING) != TrialState.RUNNING  # an enqueued or added trial
-    return log.get("op_code") not in (Op.SET_TRIAL_PARAM, Op.SET_TRIAL_INTERMEDIATE_VALUE, Op.SET_TRIAL_USER_ATTR,
-                                      Op.SET_TRIAL_SYSTEM_ATTR)
+    return log.get("op_code") not in _UNSYNCED
 
 
 class _TrialSyncedBackend(JournalFileBackend):
@@ -69,8 +73,6 @@ class _TrialSyncedBackend(JournalFileBackend):
         if any(_synced(log) for log in logs):
             super().append_logs(logs)
             return
-        from optuna.storages.journal._file import get_lock_file
-
         with get_lock_file(self._lock):  # the lock and line format of JournalFileBackend.append_logs
             text = "\n".join(json.dumps(log, separators=(",", ":")) for log in logs) + "\n"
             with open(self._file_path, "ab") as f:

@@ -253,15 +253,22 @@ def constraint_values(cfg: StudyConfig, values: dict[str, float], dense: dict[st
     return out
 
 
-def check_loss_key(cfg: StudyConfig, source: str, field: str = "sampler.options.loss_key") -> None:
-    """The greedy criterion must be an objective the study computes on every trial."""
-    if not walks_levels(cfg.sampler.name):
-        return
-    key = cfg.sampler.options.get("loss_key", "calibration_loss")
+def check_loss_key(cfg: StudyConfig, source: str) -> None:
+    """The criterion of a sampler that walks levels (and of each such stage of a chain) must be an
+    objective the study computes on every trial."""
+    # Run after check_sampler_options: a chain's stages are valid {name, options} entries.
+    stages = cfg.sampler.options.get("stages")
+    choices = ([(f"sampler.options.stages.{i}.options", s["name"], s.get("options") or {})
+                for i, s in enumerate(stages)] if stages
+               else [("sampler.options", cfg.sampler.name, cfg.sampler.options)])
     computed = objectives_needed(cfg)
-    if key not in computed:
-        raise ConfigError(source, field, f"{key!r} is not computed by this study; computed on every trial: "
-                          f"{', '.join(computed)} (add it to objectives to use it)")
+    for field, name, options in choices:
+        if not walks_levels(name):
+            continue
+        key = options.get("loss_key", "calibration_loss")
+        if key not in computed:
+            raise ConfigError(source, f"{field}.loss_key", f"{key!r} is not computed by this study; computed on "
+                              f"every trial: {', '.join(computed)} (add it to objectives to use it)")
 
 
 def load_space(path: Path) -> SearchSpaceConfig:
