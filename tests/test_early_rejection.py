@@ -18,7 +18,7 @@ SMALL = CalibrationSpec(source="heldout", ctx_len=64, count=4, seed=0)
 
 
 def test_the_sequential_test_on_hand_made_numbers():
-    test = SequentialTest(tolerance=1.01, n=8, z=2.0, min_chunks=2)
+    test = SequentialTest(tolerance=1.01, n=8, z_accept=2.0, z_reject=2.0, min_chunks=2, min_reject_chunks=2)
     ref = [5.0, 6.0, 5.5, 4.0]
     # d = c - 1.01 r: 0.45, 0.54 -> mean 0.495, s = 0.0636, se = s sqrt((1 - 2/8)/2) = 0.0390: 0.495 - 0.078 > 0
     assert test.decide([5.5, 6.6], ref[:2]) == "reject"
@@ -28,18 +28,35 @@ def test_the_sequential_test_on_hand_made_numbers():
     assert test.decide([5.1, 6.0], ref[:2]) == "continue"
     assert test.decide([5.5], ref[:1]) == "continue"  # nothing is decided before min_chunks
     # the same differences, with a z large enough to wait: mean 0.495 < 13 x 0.0390
-    assert SequentialTest(1.01, 8, z=13.0).decide([5.5, 6.6], ref[:2]) == "continue"
+    assert SequentialTest(1.01, 8, z_reject=13.0, min_reject_chunks=2).decide([5.5, 6.6], ref[:2]) == "continue"
     # the finite-population correction: at k = n the standard error is 0 and the decision is the rule's
-    exact = SequentialTest(1.01, 4, z=100.0)
+    exact = SequentialTest(1.01, 4, z_accept=100.0, z_reject=100.0)
     assert exact.decide([5.06, 6.0, 5.5, 4.0], ref) == "accept"  # 20.56 / 20.5 = 1.0029 < 1.01
     assert exact.decide([5.3, 6.0, 5.6, 4.0], ref) == "reject"  # 20.9 / 20.5 = 1.0195
     d = [c - 1.01 * r for c, r in zip([5.3, 6.0, 5.6], ref)]  # k = 3 of 4: se = s sqrt((1 - 3/4) / 3)
     mean, s = sum(d) / 3, math.sqrt(sum((x - sum(d) / 3) ** 2 for x in d) / 2)
     z = 0.999 * mean / (s * math.sqrt(0.25 / 3))
-    assert SequentialTest(1.01, 4, z=z).decide([5.3, 6.0, 5.6], ref[:3]) == "reject"
-    assert SequentialTest(1.01, 4, z=1.002 * z).decide([5.3, 6.0, 5.6], ref[:3]) == "continue"
+    assert SequentialTest(1.01, 4, z_reject=z).decide([5.3, 6.0, 5.6], ref[:3]) == "reject"
+    assert SequentialTest(1.01, 4, z_reject=1.002 * z).decide([5.3, 6.0, 5.6], ref[:3]) == "continue"
     with pytest.raises(ValueError):
         test.decide([1.0, 2.0], [1.0])
+
+
+def test_a_two_sided_test_accepts_more_readily_than_it_rejects():
+    # mirrored differences: d = -0.35, -0.26 (accept side) and +0.35, +0.26 (reject side), mean 0.305,
+    # s = 0.0636, se at k = 2 of 8 = 0.0390: 0.305 / 0.0390 = 7.8 standard errors either way
+    ref = [5.0, 6.0, 5.5]
+    below = [1.01 * r - d for r, d in zip(ref, [0.35, 0.26, 0.30])]
+    above = [1.01 * r + d for r, d in zip(ref, [0.35, 0.26, 0.30])]
+    lenient = SequentialTest(1.01, 8, z_accept=2.0, z_reject=4.0, min_reject_chunks=3)
+    assert lenient.decide(below[:2], ref[:2]) == "accept"  # from 2 batches on
+    assert lenient.decide(above[:2], ref[:2]) == "continue"  # no rejection before 3 batches
+    assert lenient.decide(above, ref) == "reject"
+    assert SequentialTest(1.01, 8).decide(above[:2], ref[:2]) == "reject"  # the defaults: 2 batches, z = 4
+    # between the two z: d = -0.10, -0.06, mean -0.08, s 0.0283, se 0.0173, -0.08 / 0.0173 = -4.6 ...
+    near = [1.01 * r + d for r, d in zip(ref, [-0.10, -0.06])]
+    assert SequentialTest(1.01, 8, z_accept=4.5).decide(near, ref[:2]) == "accept"
+    assert SequentialTest(1.01, 8, z_accept=4.7).decide(near, ref[:2]) == "continue"
 
 
 def test_a_screened_candidate_stops_early_and_its_batches_are_never_a_full_result(rwkv):
@@ -82,9 +99,12 @@ def test_early_mode_costs_less_than_fast_mode_and_ends_near_paper_mode(rwkv):
     fresh = IncrementalEngine(rwkv.thresholded, calibration_chunks(rwkv, spec), batch_size=1)
     assert fresh.evaluate([early.thresholds[name] for name in rwkv.thresholded.names]).loss == pytest.approx(
         early.final_loss, rel=1e-6)
+    # the test's settings reach the screens: deciding nothing before the last batch is fast mode's search
+    exact = greedy_search(rwkv, spec, "early", 1.003, levels, early_test={"min_chunks": SMALL.count})
+    assert exact.levels == fast.levels and exact.final_loss == pytest.approx(fast.final_loss, rel=1e-6)
 
 
-def test_an_early_rejection_study_stores_the_estimate_and_the_batches(tmp_path):
+def test_an_early_rejection_study_stores_the_estimate_and_the_batches(tmp_path, capsys):
     levels = [0.3, 0.6, 0.9]
     cfg = {**FAST, "name": "e", "run_dir": str(tmp_path / "e"),
            "calibration": SMALL.model_copy(update={"ctx_len": 32}).model_dump(),
@@ -108,6 +128,12 @@ def test_an_early_rejection_study_stores_the_estimate_and_the_batches(tmp_path):
     cfg["evaluation"] = {"early_rejection": True, "incremental": False}
     path.write_text(yaml.safe_dump(cfg))
     assert main(["study", "run", str(path)]) == 2
+    capsys.readouterr()
+    cfg["evaluation"] = {"batch_size": 1, "early_rejection": {"z_accept": 0, "z_reject": 4}}
+    path.write_text(yaml.safe_dump(cfg))
+    assert main(["study", "run", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert "early_rejection.z_accept" in err and "greater than 0" in err and "Traceback" not in err
 
 
 def test_greedy_command_runs_early_mode(capsys):

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -92,6 +92,7 @@ def greedy_search(
     on_module: Callable[[int, int], None] | None = None,
     cache_mb: float = 512.0,
     cache_dir: Path | None = None,
+    early_test: Mapping[str, float] | None = None,
 ) -> GreedyResult:
     """Choose every module's threshold front to back; leaves the model at the chosen thresholds.
 
@@ -109,6 +110,8 @@ def greedy_search(
         on_module: progress callback (modules decided, module count).
         cache_mb: the incremental engine's memory budget.
         cache_dir: the disk cache of calibration tokens (default: $THRESH_OPT_CACHE).
+        early_test: in early mode, the sequential test's settings (`evaluation.early_rejection` of a study
+            file: z_accept, z_reject, min_chunks, min_reject_chunks; default: the test's defaults).
     """
     from thresh_opt.study.config import (
         BaselineConfig,
@@ -138,7 +141,7 @@ def greedy_search(
                                                       "keep_first": keep_first}),
         trials=1 + n * len(levels), baselines=BaselineConfig(dense=False, uniform=[]),
         evaluation=EvaluationConfig(incremental=mode != "paper", cache_mb=cache_mb, batch_size=batch_size,
-                                    early_rejection=mode == "early"))
+                                    early_rejection=dict(early_test or {}) if mode == "early" else None))
     space = SearchSpaceConfig(grouping="module", levels=levels, statistics="sequential")
     worker = TrialWorker(cfg, space, loaded=loaded, cache=cache_dir)
 

@@ -10,6 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from thresh_opt.calibration import CalibrationSpec
 from thresh_opt.config import PACKAGE_DIR, load_config, load_yaml, validate
 from thresh_opt.errors import ConfigError
+from thresh_opt.incremental.sequential import MIN_CHUNKS, MIN_REJECT_CHUNKS, Z_ACCEPT, Z_REJECT
 from thresh_opt.registry import SAMPLERS
 from thresh_opt.samplers.factory import check_sampler_options
 
@@ -144,6 +145,15 @@ class SamplerConfig(_Strict):
         return SAMPLERS.check(v)
 
 
+class EarlyRejection(_Strict):
+    """The sequential test of early rejection (`thresh_opt.incremental.sequential`: why two sides)."""
+
+    z_accept: float = Field(Z_ACCEPT, gt=0.0)  # standard errors below the rule's boundary to accept
+    z_reject: float = Field(Z_REJECT, gt=0.0)  # standard errors above it to reject
+    min_chunks: int = Field(MIN_CHUNKS, ge=2)  # batches before any decision (a standard deviation needs 2)
+    min_reject_chunks: int = Field(MIN_REJECT_CHUNKS, ge=2)  # batches before a rejection
+
+
 class EvaluationConfig(_Strict):
     """How trials are evaluated: the incremental engine's settings, and when expensive objectives are skipped.
 
@@ -156,13 +166,25 @@ class EvaluationConfig(_Strict):
     early_rejection: a greedy candidate is measured batch by batch against its reference and stopped as
     soon as a paired sequential test decides it (`thresh_opt.incremental.sequential`); its stored loss is
     then an estimate. Batches are of ``batch_size`` chunks: use a small one (1) for it to stop early.
+    ``true`` takes the test's defaults, a mapping sets them (:class:`EarlyRejection`), ``false`` (default)
+    turns it off.
     """
 
     incremental: bool = True  # False: every pass from the tokens (the published procedure's cost)
     cache_mb: float = Field(512.0, ge=1.0)  # kept block inputs, module inputs, results (LRU)
     batch_size: int = Field(8, ge=1)  # calibration chunks per forward call
     skip_expensive: Literal["never", "rejected", "dominated"] = "rejected"
-    early_rejection: bool = Field(False, strict=True)
+    early_rejection: EarlyRejection | None = None
+
+    @field_validator("early_rejection", mode="before")
+    @classmethod
+    def _early_switch(cls, value: Any) -> Any:
+        if isinstance(value, bool):
+            return {} if value else None
+        if value is not None and not isinstance(value, (dict, EarlyRejection)):
+            raise ValueError(f"must be true, false or a mapping of {', '.join(EarlyRejection.model_fields)}, "
+                             f"got {value!r}")
+        return value
 
     @model_validator(mode="after")
     def _early_needs_incremental(self) -> EvaluationConfig:

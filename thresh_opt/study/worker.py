@@ -248,7 +248,8 @@ class TrialWorker:
         reference = tuple(self.engine.thresholds_for([targets[n] for n in names], self.statistics))
         if reference == tuple(vector):
             return None
-        return Screen(tuple(vector), reference, rule.reference, SequentialTest(rule.tolerance, self.engine.n_batches))
+        test = SequentialTest(rule.tolerance, self.engine.n_batches, **self.cfg.evaluation.early_rejection.model_dump())
+        return Screen(tuple(vector), reference, rule.reference, test)
 
     def _screened(self, screen: Screen | None) -> dict[str, float]:
         """For a screened trial, the user attributes saying how many batches it took and what the test decided."""
