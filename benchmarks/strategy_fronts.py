@@ -53,6 +53,12 @@ STRATEGIES: dict[str, tuple[dict[str, Any], str, int]] = {
     "sensitivity-refined-fine": ({"name": "sensitivity", "options": {"refine_budgets": RATIOS}},
                                  PER_MODULE_FINE, 1000),
     "sensitivity-per-kind": ({"name": "sensitivity"}, PER_KIND, 200),
+    # the table from one gradient pass instead of the 378 / 504 probes
+    "sensitivity-gradient-refined": ({"name": "sensitivity", "options": {"probes": "gradient",
+                                                                         "refine_budgets": RATIOS}}, PER_MODULE, 900),
+    "sensitivity-gradient-refined-fine": ({"name": "sensitivity", "options": {"probes": "gradient",
+                                                                              "refine_budgets": RATIOS}},
+                                          PER_MODULE_FINE, 1000),
     "blockwise": ({"name": "blockwise", "options": {"max_loss_ratio": 1.01}}, PER_MODULE, 600),
     "blocksearch": ({"name": "blocksearch"}, PER_MODULE, 150),
     "tpe": ({"name": "tpe"}, PER_KIND, 240),

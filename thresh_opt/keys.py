@@ -12,6 +12,7 @@ FINAL = "thresh_opt:final"  # a stepped sampler's final configurations
 FRONT_METRICS = "thresh_opt:front_metrics"  # trial number -> metric -> value, measured after the search
 FRONT_COST = "thresh_opt:front_cost"  # forward-equivalents and seconds of those measurements
 GROUPS = "thresh_opt:groups"  # parameter -> modules
+GRADIENT_SCORES = "thresh_opt:gradient_scores"  # {"scores", "gains"}: parameter -> [[level, value], ...]
 HARDWARE = "thresh_opt:hardware"
 OBJECTIVES = "thresh_opt:objectives"
 REFERENCE_FE = "thresh_opt:reference_forward_equivalents"  # the dense reference's passes

@@ -99,6 +99,11 @@ class ChainSampler(BaseSampler):
         """The first stepped stage's criterion (the default calibration loss when no stage is stepped)."""
         return next((s.loss_key for s in self._stepped if s is not None), "calibration_loss")
 
+    @property
+    def needs_gradient_scores(self) -> bool:
+        """True when a stage reads the study attribute ``keys.GRADIENT_SCORES`` (the driver then sets it)."""
+        return any(getattr(s, "needs_gradient_scores", False) for s in self.stages)
+
     def is_finished(self, study: Study) -> bool:
         """True when the last stage is stepped and finished."""
         last = self._stepped[-1]

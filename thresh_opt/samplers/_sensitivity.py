@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 from optuna.logging import get_logger
 from optuna.samplers import BaseSampler
 
-from thresh_opt import compat
+from thresh_opt import compat, keys
 from thresh_opt.samplers import allocation
 from thresh_opt.samplers._greedy_state import Acceptance, Ledger, PassState, Spec, budgets, collect, replay_budget
 from thresh_opt.samplers._replay import Result, read_ledger
@@ -37,6 +37,7 @@ PREDICTED = "sensitivity:predicted"  # a front trial's prediction: {"gain", "los
 REFINE = "sensitivity:refine"  # a refine trial's {"pass": budget index, "id": fingerprint, "budget", "reference"}
 
 Key = tuple[float, ...]  # the owned parameters' values, in search-space order
+PROBES = ("measured", "gradient")  # where the sensitivity table comes from
 
 
 @dataclass
@@ -136,6 +137,13 @@ class SensitivitySampler(StampedSampler):
         probe_levels:
             The levels probed, among every parameter's levels (default: all of them). The front chooses
             among the probed levels only; refinement walks every level. Fewer probes bring the front sooner.
+        probes:
+            ``"measured"`` (default): phase 1 as above. ``"gradient"``: no probe trials; the table is read
+            from the study's user attribute ``thresh_opt:gradient_scores`` (``keys.GRADIENT_SCORES``: a
+            thresh-opt study sets it from one gradient pass on the dense model before any trial,
+            :mod:`thresh_opt.incremental.gradient`), scores that predict the loss increases up to a
+            common factor, with their predicted gains (used unless ``weights`` is given). Predicted loss
+            increases (``front()``, the ``sensitivity:predicted`` stamps) are then in score units.
         independent_sampler:
             Samples the parameters it does not own (not in ``search_space``, or asked on a trial it did
             not stamp), as Optuna's TPE and CMA-ES do. Default: :class:`~optuna.samplers.RandomSampler`.
@@ -152,6 +160,7 @@ class SensitivitySampler(StampedSampler):
         sparsity_key: str = "sparsity",
         refine_budgets: Sequence[float] = (),
         probe_levels: Sequence[float] | None = None,
+        probes: str = "measured",
         independent_sampler: BaseSampler | None = None,
         warn_independent_sampling: bool = True,
     ) -> None:
@@ -162,7 +171,9 @@ class SensitivitySampler(StampedSampler):
             bad = {n: weights.get(n) for n in levels if finite(weights.get(n)) is None or weights[n] < 0}
             if bad:
                 raise ValueError(f"weights must give every parameter a finite weight >= 0; wrong or missing: {bad}")
-        self._levels = levels
+        if probes not in PROBES:
+            raise ValueError(f"probes must be one of {', '.join(PROBES)}, got {probes!r}")
+        self._levels, self._gradient = levels, probes == "gradient"
         self._probed = levels if probe_levels is None else level_subset(levels, probe_levels, "SensitivitySampler",
                                                                           "probe_levels")
         self._names = tuple(levels)
@@ -180,6 +191,11 @@ class SensitivitySampler(StampedSampler):
         return self._loss_key
 
     @property
+    def needs_gradient_scores(self) -> bool:
+        """True when the table comes from the study attribute ``keys.GRADIENT_SCORES`` (probes: gradient)."""
+        return self._gradient
+
+    @property
     def search_space(self) -> dict[str, list[float]]:
         """Parameter name -> all its levels, 0.0 included, ascending (the choices to ask with)."""
         return {name: [0.0, *c] for name, c in self._levels.items()}
@@ -192,7 +208,9 @@ class SensitivitySampler(StampedSampler):
 
     def _probes(self) -> list[tuple[str, float, Key]]:
         """(param, level, key) of every one-at-a-time configuration, in search-space then level order."""
-        out = []
+        out: list[tuple[str, float, Key]] = []
+        if self._gradient:
+            return out  # the table is predicted, not measured
         for i, name in enumerate(self._names):
             for level in self._probed[name]:
                 key = list(self._dense)
@@ -213,8 +231,12 @@ class SensitivitySampler(StampedSampler):
         dense = state.results.get(self._dense)
         state.dense_loss = dense.loss if dense is not None else None
         probes = self._probes()
+        scores = study.user_attrs.get(keys.GRADIENT_SCORES) if self._gradient else None
+        if self._gradient and scores is None:
+            raise RuntimeError(f"probes='gradient' needs the study user attribute {keys.GRADIENT_SCORES!r} "
+                               "(thresh-opt's study driver sets it; see SensitivitySampler's probes)")
         if state.dense_loss is not None and all(key in state.results for _, _, key in probes):
-            state.front = self._front(state, probes)
+            state.front = self._front(state, probes, scores)
             if self._budgets and all(k in state.results for k in self._front_keys(state)):
                 self._refine(state, trials)
         return state
@@ -252,26 +274,18 @@ class SensitivitySampler(StampedSampler):
                                                                                   allocation.Table, bool]:
         """Loss increases and gains per parameter and level, and whether the gains were measured."""
         assert state.dense_loss is not None
-        dense_sparsity = state.results[self._dense].sparsity
-        table: allocation.Table = {n: {0.0: 0.0} for n in self._names}
-        measured: allocation.Table = {n: {0.0: 0.0} for n in self._names}
-        complete = dense_sparsity is not None
-        for name, level, key in probes:
-            r = state.results[key]
-            table[name][level] = math.inf if r.loss is None else r.loss - state.dense_loss
-            if r.loss is not None:
-                if r.sparsity is None or dense_sparsity is None:
-                    complete = False
-                else:
-                    measured[name][level] = r.sparsity - dense_sparsity
-        if self._weights is not None:
-            return table, allocation.level_gains(table, self._weights), False
-        if complete:
-            return table, measured, True
-        return table, allocation.level_gains(table, dict.fromkeys(self._names, 1.0 / len(self._names))), False
+        rows = [(name, level, state.results[key].loss, state.results[key].sparsity) for name, level, key in probes]
+        return allocation.measured_tables(self._names, state.dense_loss, state.results[self._dense].sparsity,
+                                          rows, self._weights)
 
-    def _front(self, state: _State, probes: list[tuple[str, float, Key]]) -> list[allocation.Allocation]:
-        table, gains, state.gains_measured = self._tables(state, probes)
+    def _front(self, state: _State, probes: list[tuple[str, float, Key]],
+               scores: Mapping[str, Any] | None) -> list[allocation.Allocation]:
+        if scores is not None:
+            table, gains = allocation.scored_tables(scores, self._probed)
+            if self._weights is not None:
+                gains = allocation.level_gains(table, self._weights)
+        else:
+            table, gains, state.gains_measured = self._tables(state, probes)
         path = [a for a in allocation.front(table, gains) if any(a.levels.values())]  # the dense one is known
         return allocation.spread(path, self._front_size)
 

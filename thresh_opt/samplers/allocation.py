@@ -238,3 +238,44 @@ def spread(points: Sequence[Allocation], k: int) -> list[Allocation]:
         return [points[-1]]
     picks = sorted({round(i * (n - 1) / (k - 1)) for i in range(k)})
     return [points[i] for i in picks]
+
+
+def scored_tables(scores: Mapping[str, Mapping[str, Sequence[Sequence[float]]]],
+                  levels: Mapping[str, Sequence[float]]) -> tuple[Table, Table]:
+    """The loss table and gain table of predicted sensitivities: ``scores`` is ``{"scores": param ->
+    [[level, score], ...], "gains": param -> [[level, gain], ...]}`` (a score predicts a loss increase up to
+    a common factor, which the Lagrangian front does not depend on), restricted to ``levels`` (param ->
+    levels used); a level without a score is never chosen. A ValueError says what is missing."""
+    table: Table = {}
+    gains: Table = {}
+    for name, wanted in levels.items():
+        found = {float(lv): float(v) for lv, v in scores.get("scores", {}).get(name, [])}
+        gained = {float(lv): float(v) for lv, v in scores.get("gains", {}).get(name, [])}
+        if not found:
+            raise ValueError(f"no predicted sensitivities for parameter {name!r}")
+        table[name] = {0.0: 0.0, **{lv: found.get(lv, math.inf) for lv in wanted}}
+        gains[name] = {0.0: 0.0, **{lv: gained.get(lv, 0.0) for lv in wanted}}
+    return table, gains
+
+
+def measured_tables(names: Sequence[str], dense_loss: float, dense_sparsity: float | None,
+                    probes: Sequence[tuple[str, float, float | None, float | None]],
+                    weights: Mapping[str, float] | None = None) -> tuple[Table, Table, bool]:
+    """The loss table and gain table of measured probes ``(param, level, loss, sparsity)`` (loss None: a
+    failed level, never chosen), and whether the gains are the measured sparsity increases over the dense
+    one (True) or ``weights x level`` (``weights``, else equal weights: when a sparsity is missing)."""
+    table: Table = {n: {0.0: 0.0} for n in names}
+    measured: Table = {n: {0.0: 0.0} for n in names}
+    complete = dense_sparsity is not None
+    for name, level, loss, sparsity in probes:
+        table[name][level] = math.inf if loss is None else loss - dense_loss
+        if loss is not None:
+            if sparsity is None or dense_sparsity is None:
+                complete = False
+            else:
+                measured[name][level] = sparsity - dense_sparsity
+    if weights is not None:
+        return table, level_gains(table, weights), False
+    if complete:
+        return table, measured, True
+    return table, level_gains(table, dict.fromkeys(names, 1.0 / len(names))), False

@@ -19,7 +19,7 @@ import builtins
 import inspect
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import optuna
 from pydantic import BaseModel, ConfigDict, Field, create_model, field_validator
@@ -196,6 +196,7 @@ class SensitivityOptions(_Options):
     front_size: int = Field(16, ge=1)
     refine_budgets: list[float] = Field(default_factory=list)  # budget passes from the measured front
     probe_levels: list[float] | None = None  # probe only these levels (the search space's, checked at build)
+    probes: Literal["measured", "gradient"] = "measured"  # gradient: the table from one gradient pass
     warn_independent_sampling: bool = True
 
     @field_validator("refine_budgets")

@@ -32,6 +32,10 @@ class Executor(Protocol):
     def dense(self) -> DenseReference:
         """The dense model's objective values and per-module sparsity."""
 
+    def gradient_scores(self) -> tuple[dict[str, dict[str, list[list[float]]]], float]:
+        """The search space's parameters scored from one gradient pass (`TrialWorker.gradient_scores`), and
+        what that cost in forward-equivalents."""
+
     def info(self) -> ModelInfo:
         """Modules, parameters, groups and the model's dimensions."""
 

@@ -129,6 +129,12 @@ def run_study(run: StudyRun, executor: Executor, on_trial: TrialCallback | None 
         dense = reference.values
         with driver_lock(run.journal_path):  # one driver of this run folder at a time
             _start_up(study, cfg, space, info, reference, executor)
+        if getattr(sampler, "needs_gradient_scores", False) and keys.GRADIENT_SCORES not in study.user_attrs:
+            with interruptible():
+                scores, fe = executor.gradient_scores()
+            with driver_lock(run.journal_path):  # counted with the dense reference's passes
+                study.set_user_attr(keys.GRADIENT_SCORES, scores)
+                study.set_user_attr(keys.REFERENCE_FE, study.user_attrs.get(keys.REFERENCE_FE, 0.0) + fe)
         distributions = space.distributions()
         names = [o.name for o in cfg.objectives]
         cheap = [(n, 1.0 if d == "minimize" else -1.0) for n, d in zip(names, run.directions)

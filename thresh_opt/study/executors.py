@@ -43,6 +43,10 @@ class SerialExecutor:
         """The dense reference from the worker."""
         return self.worker.dense()
 
+    def gradient_scores(self) -> tuple[dict[str, dict[str, list[list[float]]]], float]:
+        """The worker's gradient scores of the search space, and their cost."""
+        return self.worker.gradient_scores()
+
     def info(self) -> ModelInfo:
         """Modules, parameters and groups."""
         return self.worker.info()

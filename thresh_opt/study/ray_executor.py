@@ -192,6 +192,11 @@ class RayExecutor:
         refs = [self._call(a, "dense") for a in range(len(self.actors))]
         return replace(refs[0], forward_equivalents=sum(r.forward_equivalents for r in refs))
 
+    def gradient_scores(self) -> tuple[dict[str, dict[str, list[list[float]]]], float]:
+        """The first actor's gradient scores of the search space (one pass is enough: every actor would
+        compute the same), and their cost."""
+        return self._call(0, "gradient_scores")
+
     def info(self) -> ModelInfo:
         """Modules, parameters and groups."""
         return self._call(0, "info")

@@ -267,6 +267,38 @@ class TrialWorker:
     def _spent(self, before: Cost, started: float) -> Cost:
         return replace(self.engine.cost.since(before), seconds=time.perf_counter() - started)
 
+    def gradient_scores(self) -> tuple[dict[str, dict[str, list[list[float]]]], float]:
+        """Each parameter of the search space alone at each of its positive levels, scored from one gradient
+        pass on the dense model (:mod:`thresh_opt.incremental.gradient`): ``{"scores": param -> [[level,
+        saliency], ...], "gains": param -> [[level, predicted MAC-weighted sparsity gained], ...]}`` (the study
+        attribute ``keys.GRADIENT_SCORES``, read by ``SensitivitySampler(probes="gradient")``), and its cost
+        in forward-equivalents (the dense statistics' pass when not known, and the gradient pass)."""
+        from thresh_opt.incremental.gradient import PASS_FE, saliencies
+
+        tm, engine = self.loaded.thresholded, self.engine
+        before = engine.cost.forward_equivalents
+        names, macs = tm.names, tm.macs
+        total = sum(macs.values())
+        natural = self.evaluator.dense.per_module_sparsity  # zeros the dense model has already
+        wanted: dict[int, list[float]] = {}
+        plan: dict[str, list[tuple[float, list[tuple[int, float]], float]]] = {}
+        for param, levels in self.space.candidates().items():
+            for level in (v for v in levels if v > 0):
+                targets = self.space.targets({param: level})
+                vector = engine.thresholds_for([targets[n] for n in names], "dense")
+                changed = [(i, t) for i, t in enumerate(vector) if t > 0]
+                for i, t in changed:
+                    wanted.setdefault(i, []).append(t)
+                # a target at or below the module's natural zeros (threshold 0) gains nothing
+                gain = sum(macs[m] * max(0.0, targets[m] - natural.get(m, 0.0)) for m in names) / total
+                plan.setdefault(param, []).append((level, changed, gain))
+        table = saliencies(tm, engine.runner.batches, wanted)
+        score = {(i, t): s for i, ts in wanted.items() for t, s in zip(ts, table[i])}
+        engine.cost.other_fe += PASS_FE
+        out = {"scores": {p: [[lv, sum(score[c] for c in ch)] for lv, ch, _ in rows] for p, rows in plan.items()},
+               "gains": {p: [[lv, g] for lv, _, g in rows] for p, rows in plan.items()}}
+        return out, engine.cost.forward_equivalents - before
+
     def measure(self, thresholds: dict[str, float], names: list[str]) -> TrialResult:
         """Objectives of one configuration (the study's front metrics), all of them, no gate, and what they cost."""
         started = time.perf_counter()
