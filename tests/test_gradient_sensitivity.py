@@ -3,13 +3,12 @@ sensitivity sampler reading them (probes: gradient) in an Optuna study, and a st
 
 from __future__ import annotations
 
-import json
 import math
 
 import optuna
 import pytest
-from test_sensitivity_sampler import DENSE_LOSS, LEVELS, MACS, NAMES, drive, loss_of, new_study, role
-from test_study import load, write_study
+from test_sensitivity_sampler import DENSE_LOSS, LEVELS, MACS, NAMES, drive, kind_study, loss_of, new_study, role
+from test_study import write_study
 
 from thresh_opt import keys
 from thresh_opt.calibration import CalibrationSpec, calibration_chunks
@@ -97,14 +96,8 @@ def test_the_gradient_sampler_takes_the_front_from_the_study_attribute_without_p
 
 
 def test_a_gradient_sensitivity_study_on_the_embedded_model(tmp_path, capsys):
-    path = write_study(tmp_path, sampler={"name": "sensitivity", "options": {
-        "probes": "gradient", "front_size": 4, "refine_budgets": [1.02]}},
-        search_space={"grouping": "kind", "levels": [0.0, 0.3, 0.6, 0.9]}, trials=100,
-        baselines={"dense": True, "uniform": []})
-    assert main(["study", "run", str(path), "--json"]) == 0
-    out = json.loads(capsys.readouterr().out)
-    study = load(tmp_path)
-    params = list(study.trials[0].params)
+    out, study, params = kind_study(tmp_path, capsys, {"probes": "gradient", "front_size": 4,
+                                                       "refine_budgets": [1.02]})
     scores = study.user_attrs[keys.GRADIENT_SCORES]
     assert set(scores["scores"]) == set(params) and all(len(v) == 3 for v in scores["scores"].values())
     gains = [[g for _, g in v] for v in scores["gains"].values()]

@@ -384,14 +384,20 @@ def test_docstring_example_runs(capsys):
 # ---- a study on the embedded model ------------------------------------------------------------------
 
 
-def test_a_sensitivity_study_on_the_embedded_model(tmp_path, capsys):
-    path = write_study(tmp_path, sampler={"name": "sensitivity", "options": {"front_size": 5}},
+def kind_study(tmp_path, capsys, options):
+    """A sensitivity study through the CLI on the embedded model, per-kind space, 3 levels: its --json
+    output, the study and its parameters."""
+    path = write_study(tmp_path, sampler={"name": "sensitivity", "options": options},
                        search_space={"grouping": "kind", "levels": [0.0, 0.3, 0.6, 0.9]}, trials=100,
                        baselines={"dense": True, "uniform": []})
     assert main(["study", "run", str(path), "--json"]) == 0
     out = json.loads(capsys.readouterr().out)
     study = load(tmp_path)
-    params = list(study.trials[0].params)
+    return out, study, list(study.trials[0].params)
+
+
+def test_a_sensitivity_study_on_the_embedded_model(tmp_path, capsys):
+    out, study, params = kind_study(tmp_path, capsys, {"front_size": 5})
     assert len(params) == 7  # the RWKV-4 site kinds
     roles = [role(t) for t in study.trials]
     assert roles[0] is None and study.trials[0].params == dict.fromkeys(params, 0.0)  # the enqueued dense one
