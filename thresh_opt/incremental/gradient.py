@@ -6,10 +6,10 @@ column norm under the weight_norm criterion), a perturbation ``dx = -x * [score 
 saliency of that perturbation is ``sum (g * dx)^2`` over every element of the calibration set, g being the
 gradient of the mean calibration loss with respect to the module's input: the diagonal-Fisher
 (Optimal-Brain-Damage-like) estimate of the loss increase, up to a common factor. The first-order term
-``sum g * dx`` is a poor predictor here (dense models sit near a minimum of the loss along their own
-activations: on rwkv4-tiny its rank correlation with the measured one-at-a-time loss increases is 0.21,
-against 0.86 for the squared form). Saliencies add up over modules (the diagonal assumption), which is what
-the allocation's knapsack assumes of its table anyway.
+``sum g * dx`` is a poor predictor here (its sign varies from module to module: on rwkv4-tiny its rank
+correlation with the measured one-at-a-time loss increases is 0.21, against 0.86 for the squared form).
+Saliencies add up over modules (the diagonal assumption), which is what the allocation's knapsack assumes
+of its table anyway.
 
 The pass costs one forward and one backward with frozen weights (about 2 forward-equivalents, the
 convention of the learned baseline) and needs every site's input and its gradient for one batch at a time.
