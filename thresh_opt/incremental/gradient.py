@@ -33,7 +33,7 @@ def saliencies(tm: ThresholdedModel, batches: Sequence[torch.Tensor],
                thresholds: Mapping[int, Sequence[float]]) -> dict[int, list[float]]:
     """Site index -> the saliency ``sum (g * dx)^2`` of each of its thresholds, over the calibration set
     (batch by batch; the gradient is that of the mean loss over the whole set, so batches only split the
-    work). The model runs dense (its thresholds are reset first and left at 0), weights frozen.
+    work). The model runs dense (its thresholds are reset first and left at 0), in eval mode, weights frozen.
 
     Args:
         tm: the thresholded model.
@@ -42,6 +42,8 @@ def saliencies(tm: ThresholdedModel, batches: Sequence[torch.Tensor],
     """
     tm.reset_thresholds()
     model: Any = tm.model  # a transformers model: get_input_embeddings is not typed on nn.Module
+    was_training = model.training
+    model.eval()  # no dropout: the gradient of the model the study evaluates
     frozen = [p for p in model.parameters() if p.requires_grad]
     for p in frozen:
         p.requires_grad_(False)
@@ -75,6 +77,7 @@ def saliencies(tm: ThresholdedModel, batches: Sequence[torch.Tensor],
                             scores[i][j] += float(loss_terms[score <= t].sum())
     finally:
         handle.remove()
+        model.train(was_training)
         for p in frozen:
             p.requires_grad_(True)
     return scores

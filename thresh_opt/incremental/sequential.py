@@ -20,7 +20,8 @@ a standard error of it, so it costs an excess of loss of the order of the greedy
 lenient ``z_accept`` (2) then saves most, as most candidates are accepted (3 of 4 on rwkv4-tiny). The
 excesses add up over the modules, though: on 4 chunks of 32 tokens the final loss ratio went 0.4% past
 fast mode's with ``z_accept`` 2 (more than the 0.3% tolerance), so the defaults stay at 4 on both sides
-and the lenient side is an option (README, Benchmarks: its cost and results on 8 and 32 chunks).
+and on 2 batches (``min_reject_chunks`` 2), and the lenient test is an option (README, Benchmarks: its cost
+and results on 8 and 32 chunks).
 
 False decisions: for a candidate whose full-set mean difference is on the other side, each look errs with
 probability about ``1 - Phi(z)`` under a normal model (3e-5 at z = 4, 0.023 at z = 2), more
@@ -33,7 +34,7 @@ candidates have |t| < 2 over all 8 chunks). Replaying the 134 candidates of a fa
 decisions at z = 4 and 6 at z = 2.5 (min_chunks 2, one z for both sides). A false decision changes one
 module's choice, the way a different calibration sample would; with one z = 4 for both sides the greedy
 on rwkv4-tiny ended 1.3 sparsity points below paper mode, 3.6 at z = 2.5 (README, Benchmarks, for the
-two-sided defaults).
+two-sided option).
 
 The reference's batch results are measured lazily: only the batches a candidate needs, once (they are
 kept by the engine). What the screened trial stores as its loss is the ratio estimate

@@ -7,7 +7,7 @@ import hashlib
 import json
 import math
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal, get_args
 
 from optuna.logging import get_logger
 from optuna.samplers import BaseSampler
@@ -37,7 +37,8 @@ PREDICTED = "sensitivity:predicted"  # a front trial's prediction: {"gain", "los
 REFINE = "sensitivity:refine"  # a refine trial's {"pass": budget index, "id": fingerprint, "budget", "reference"}
 
 Key = tuple[float, ...]  # the owned parameters' values, in search-space order
-PROBES = ("measured", "gradient")  # where the sensitivity table comes from
+Probes = Literal["measured", "gradient"]  # where the sensitivity table comes from (study files: catalog.py)
+PROBES: tuple[str, ...] = get_args(Probes)
 
 
 @dataclass
@@ -160,7 +161,7 @@ class SensitivitySampler(StampedSampler):
         sparsity_key: str = "sparsity",
         refine_budgets: Sequence[float] = (),
         probe_levels: Sequence[float] | None = None,
-        probes: str = "measured",
+        probes: Probes = "measured",
         independent_sampler: BaseSampler | None = None,
         warn_independent_sampling: bool = True,
     ) -> None:
@@ -270,22 +271,17 @@ class SensitivitySampler(StampedSampler):
         state.refine = [replay_budget(self._spec, i, b, self._params(k), loss, dense_loss, state.ledger)
                         for i, (b, (k, loss)) in enumerate(zip(self._budgets, starts))]
 
-    def _tables(self, state: _State, probes: list[tuple[str, float, Key]]) -> tuple[allocation.Table,
-                                                                                  allocation.Table, bool]:
-        """Loss increases and gains per parameter and level, and whether the gains were measured."""
-        assert state.dense_loss is not None
-        rows = [(name, level, state.results[key].loss, state.results[key].sparsity) for name, level, key in probes]
-        return allocation.measured_tables(self._names, state.dense_loss, state.results[self._dense].sparsity,
-                                          rows, self._weights)
-
     def _front(self, state: _State, probes: list[tuple[str, float, Key]],
                scores: Mapping[str, Any] | None) -> list[allocation.Allocation]:
+        """The selected front of the predicted table (gradient scores) or of the measured probes."""
         if scores is not None:
-            table, gains = allocation.scored_tables(scores, self._probed)
-            if self._weights is not None:
-                gains = allocation.level_gains(table, self._weights)
+            table, gains = allocation.scored_tables(scores, self._probed, self._weights)
         else:
-            table, gains, state.gains_measured = self._tables(state, probes)
+            assert state.dense_loss is not None
+            rows = [(name, level, state.results[key].loss, state.results[key].sparsity)
+                    for name, level, key in probes]
+            table, gains, state.gains_measured = allocation.measured_tables(
+                self._names, state.dense_loss, state.results[self._dense].sparsity, rows, self._weights)
         path = [a for a in allocation.front(table, gains) if any(a.levels.values())]  # the dense one is known
         return allocation.spread(path, self._front_size)
 

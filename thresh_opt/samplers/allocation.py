@@ -241,11 +241,13 @@ def spread(points: Sequence[Allocation], k: int) -> list[Allocation]:
 
 
 def scored_tables(scores: Mapping[str, Mapping[str, Sequence[Sequence[float]]]],
-                  levels: Mapping[str, Sequence[float]]) -> tuple[Table, Table]:
+                  levels: Mapping[str, Sequence[float]],
+                  weights: Mapping[str, float] | None = None) -> tuple[Table, Table]:
     """The loss table and gain table of predicted sensitivities: ``scores`` is ``{"scores": param ->
     [[level, score], ...], "gains": param -> [[level, gain], ...]}`` (a score predicts a loss increase up to
     a common factor, which the Lagrangian front does not depend on), restricted to ``levels`` (param ->
-    levels used); a level without a score is never chosen. A ValueError says what is missing."""
+    levels used); a level without a score is never chosen. With ``weights`` the gains are ``weight x level``
+    instead. A ValueError says what is missing."""
     table: Table = {}
     gains: Table = {}
     for name, wanted in levels.items():
@@ -255,7 +257,7 @@ def scored_tables(scores: Mapping[str, Mapping[str, Sequence[Sequence[float]]]],
             raise ValueError(f"no predicted sensitivities for parameter {name!r}")
         table[name] = {0.0: 0.0, **{lv: found.get(lv, math.inf) for lv in wanted}}
         gains[name] = {0.0: 0.0, **{lv: gained.get(lv, 0.0) for lv in wanted}}
-    return table, gains
+    return table, (gains if weights is None else level_gains(table, weights))
 
 
 def measured_tables(names: Sequence[str], dense_loss: float, dense_sparsity: float | None,

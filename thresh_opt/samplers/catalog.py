@@ -19,7 +19,7 @@ import builtins
 import inspect
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any
 
 import optuna
 from pydantic import BaseModel, ConfigDict, Field, create_model, field_validator
@@ -32,7 +32,7 @@ from thresh_opt.samplers._chain import ChainSampler
 from thresh_opt.samplers._greedy import GreedySampler
 from thresh_opt.samplers._greedy_state import budgets, tolerances
 from thresh_opt.samplers._hybrid import HybridSampler
-from thresh_opt.samplers._sensitivity import SensitivitySampler
+from thresh_opt.samplers._sensitivity import Probes, SensitivitySampler
 
 
 @dataclass(frozen=True)
@@ -196,7 +196,7 @@ class SensitivityOptions(_Options):
     front_size: int = Field(16, ge=1)
     refine_budgets: list[float] = Field(default_factory=list)  # budget passes from the measured front
     probe_levels: list[float] | None = None  # probe only these levels (the search space's, checked at build)
-    probes: Literal["measured", "gradient"] = "measured"  # gradient: the table from one gradient pass
+    probes: Probes = "measured"  # gradient: the table from one gradient pass
     warn_independent_sampling: bool = True
 
     @field_validator("refine_budgets")
