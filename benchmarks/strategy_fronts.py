@@ -59,6 +59,11 @@ STRATEGIES: dict[str, tuple[dict[str, Any], str, int]] = {
     "sensitivity-gradient-refined-fine": ({"name": "sensitivity", "options": {"probes": "gradient",
                                                                               "refine_budgets": RATIOS}},
                                           PER_MODULE_FINE, 1000),
+    # the allocation re-linearized at every step: a gradient pass at each configuration reached
+    "saliency-path": ({"name": "saliency_path", "options": {"max_loss_ratio": 1.075, "targets": RATIOS}},
+                      PER_MODULE_FINE, 200),
+    "saliency-path-coarse": ({"name": "saliency_path", "options": {"max_loss_ratio": 1.075, "targets": RATIOS}},
+                             PER_MODULE, 200),
     "blockwise": ({"name": "blockwise", "options": {"max_loss_ratio": 1.01}}, PER_MODULE, 600),
     "blocksearch": ({"name": "blocksearch"}, PER_MODULE, 150),
     "tpe": ({"name": "tpe"}, PER_KIND, 240),

@@ -34,6 +34,7 @@ CALIBRATION_CHUNKS = "calibration_batches"  # early rejection: calibration batch
 EARLY_REJECTED = "early_rejected"  # early rejection: 1 when the test rejected it before the last batch, else 0
 EARLY_ACCEPTED = "early_accepted"  # early rejection: 1 when the test accepted it before the last batch, else 0
 PARTIAL_LOSS = "partial_calibration_loss"  # early rejection: mean token loss over the batches measured
+SALIENCY = "saliency"  # {"scores", "gains"} at the trial's configuration (a sampler asked for it)
 
 # run folder files (runs/<study name>/ by default)
 JOURNAL_FILE = "optuna.journal"  # the Optuna journal (also what optuna-dashboard reads)

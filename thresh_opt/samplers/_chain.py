@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 from optuna.samplers import BaseSampler
 
 from thresh_opt import compat
-from thresh_opt.samplers._protocol import SteppedSampler
+from thresh_opt.samplers._protocol import SteppedSampler, wants_saliency
 
 if TYPE_CHECKING:
     from optuna.distributions import BaseDistribution
@@ -129,6 +129,13 @@ class ChainSampler(BaseSampler):
             return None
         stepped = self._stepped[stamp]
         return stepped.acceptance(study, number) if stepped is not None else None
+
+    def wants_saliency(self, study: Study, number: int) -> bool:
+        """Whether the stage that stamped trial `number` reads its saliency table."""
+        stamp = study.get_trials(deepcopy=False)[number].system_attrs.get(STAGE)
+        if not isinstance(stamp, int) or not 0 <= stamp < len(self.stages):
+            return False
+        return wants_saliency(self.stages[stamp], study, number)
 
     # ---- inspection ----------------------------------------------------------------------------
 

@@ -34,3 +34,11 @@ class SteppedSampler(Protocol):
 
     def acceptance(self, study: Study, number: int) -> Acceptance | None:
         """The rule that will judge trial `number`, if one is known when it is issued."""
+
+
+def wants_saliency(sampler: object, study: Study, number: int) -> bool:
+    """True when `sampler` reads trial `number`'s saliency table (the user attribute ``keys.SALIENCY``): the
+    optional hook ``wants_saliency(study, number)`` of a sampler (the saliency path; a chain asks the
+    stage that issued the trial). The driver then has the worker score the trial's configuration too."""
+    hook = getattr(sampler, "wants_saliency", None)
+    return bool(hook(study, number)) if callable(hook) else False

@@ -281,3 +281,25 @@ def measured_tables(names: Sequence[str], dense_loss: float, dense_sparsity: flo
     if complete:
         return table, measured, True
     return table, level_gains(table, dict.fromkeys(names, 1.0 / len(names))), False
+
+
+def increment_tables(scores: Mapping[str, Mapping[float, float]], gains: Mapping[str, Mapping[float, float]],
+                     current: Mapping[str, float]) -> tuple[Table, Table]:
+    """The knapsack of one step from a configuration: per param, each level above its current one with
+    the increase of its score and of its gain over the current level's (scores and gains of one
+    linearization: ``{param: {level: value}}``, level 0.0 scoring 0). The current level plays the part of
+    level 0.0 (stay: no loss, no gain), so that :func:`lagrangian_within` picks the step; a level it
+    picks maps back to itself, 0.0 to the current level (:func:`stepped`)."""
+    table: Table = {}
+    gain: Table = {}
+    for p, row in scores.items():
+        now = float(current.get(p, 0.0))
+        s0, g0 = (row.get(now, 0.0) if now > 0 else 0.0), (gains[p].get(now, 0.0) if now > 0 else 0.0)
+        table[p] = {float(lv): max(0.0, s - s0) for lv, s in row.items() if lv > now}
+        gain[p] = {float(lv): gains[p][lv] - g0 for lv in table[p]}
+    return table, gain
+
+
+def stepped(current: Mapping[str, float], pick: Allocation) -> dict[str, float]:
+    """The configuration after a step picked on :func:`increment_tables` (0.0: the param stays)."""
+    return {p: (lv if (lv := pick.levels.get(p, 0.0)) > 0 else float(now)) for p, now in current.items()}

@@ -32,6 +32,7 @@ from thresh_opt.samplers._chain import ChainSampler
 from thresh_opt.samplers._greedy import GreedySampler
 from thresh_opt.samplers._greedy_state import budgets, tolerances
 from thresh_opt.samplers._hybrid import HybridSampler
+from thresh_opt.samplers._saliency_path import SaliencyPathSampler
 from thresh_opt.samplers._sensitivity import Probes, SensitivitySampler
 
 
@@ -231,6 +232,40 @@ SAMPLERS.register("sensitivity", SensitivitySampler, SensitivityOptions, levels=
                   python_only=tuple(n for n in python_only(SensitivitySampler)
                                     if n not in SensitivityOptions.model_fields),
                   description="each module alone at each level, then the Lagrangian allocation front")
+
+
+class SaliencyPathOptions(_Options):
+    """Options of the saliency path (SaliencyPathSampler's constructor)."""
+
+    step: float = Field(0.005, gt=0)  # predicted loss-ratio increase per step
+    max_loss_ratio: float = Field(1.1, gt=1)
+    targets: list[float] = Field(default_factory=list)  # loss ratios to land on after the path
+    max_steps: int = Field(100, ge=1)
+    loss_key: str = "calibration_loss"
+    warn_independent_sampling: bool = True
+
+    @field_validator("targets")
+    @classmethod
+    def _targets(cls, v: list[float]) -> list[float]:
+        budgets(v, "targets")  # ValueError with the reason
+        return v
+
+
+def _saliency_path(options: SaliencyPathOptions, ctx: BuildContext) -> SaliencyPathSampler:
+    if ctx.candidates is None:
+        raise ConfigError(ctx.source, "sampler.name", "the saliency_path sampler needs a discrete search space "
+                          "(levels), not a range")
+    return SaliencyPathSampler(ctx.candidates, **options.model_dump())
+
+
+# statistics="dense": its saliency tables put every level at the dense statistics' threshold, so its
+# trials are mapped alike by default
+SAMPLERS.register("saliency_path", SaliencyPathSampler, SaliencyPathOptions, levels=True, deterministic=True,
+                  finishes=True, statistics="dense", build=_saliency_path,
+                  python_only=tuple(n for n in python_only(SaliencyPathSampler)
+                                    if n not in SaliencyPathOptions.model_fields),
+                  description="a path from the dense model, each step a knapsack on gradient saliencies taken "
+                              "where it stands")
 
 
 class BlockwiseOptions(_Options):

@@ -47,7 +47,8 @@ class SearchSpaceConfig(_Strict):
     - ``sequential``: each module's statistics measured under the thresholds of the modules before it, as
       the published greedy procedure does (every module with a target > 0 needs its own statistics);
     - ``dense``: every module's statistics from one pass of the dense model;
-    - ``auto`` (default): sequential for the greedy and hybrid samplers, dense for the others.
+    - ``auto`` (default): sequential for the samplers that walk levels (greedy, hybrid, sensitivity,
+      blockwise, chain), dense for the others and for the saliency path (its tables use the dense mapping).
 
     `criterion` is what a threshold is compared with: ``magnitude`` (default, |x|) or ``weight_norm``
     (|x| * the column norm of the consuming maps, WINA; see `thresh_opt.models.criterion`).
@@ -72,7 +73,8 @@ class SearchSpaceConfig(_Strict):
         """The mapping the study uses with this sampler."""
         if self.statistics != "auto":
             return self.statistics
-        return "sequential" if walks_levels(sampler) else "dense"
+        own = SAMPLERS[sampler].meta.get("statistics")  # a sampler whose tables assume one mapping
+        return own if own is not None else "sequential" if walks_levels(sampler) else "dense"
 
     @field_validator("levels")
     @classmethod

@@ -16,7 +16,7 @@ from optuna.trial import FrozenTrial, Trial, TrialState
 from thresh_opt import analysis, compat, keys
 from thresh_opt.interrupts import check, interruptible
 from thresh_opt.objectives import OBJECTIVES
-from thresh_opt.samplers import SteppedSampler
+from thresh_opt.samplers import SteppedSampler, wants_saliency
 from thresh_opt.samplers.factory import make_sampler
 from thresh_opt.study.config import REPO_DIR, SearchSpaceConfig, StudyConfig, constraint_values, objectives_needed
 from thresh_opt.study.contracts import Executor, WorkersLost
@@ -175,11 +175,13 @@ def run_study(run: StudyRun, executor: Executor, on_trial: TrialCallback | None 
             return stepped is not None and stepped.needs_wait(study)
 
         def gate_for(number: int) -> Gate | None:
-            if not gating and not cfg.evaluation.early_rejection:
+            saliency = wants_saliency(sampler, study, number)
+            if not gating and not cfg.evaluation.early_rejection and not saliency:
                 return None
             acceptance = stepped.acceptance(study, number) if stepped is not None else None
             front = _cheap_points(study, cheap) if cfg.evaluation.skip_expensive == "dominated" else None
-            return Gate(stepped.loss_key if stepped is not None else None, acceptance, front, skip=gating)
+            return Gate(stepped.loss_key if stepped is not None else None, acceptance, front, skip=gating,
+                        saliency=saliency)
 
         def may_ask() -> bool:
             return (len(running) < executor.capacity and finished() < cfg.trials
@@ -305,6 +307,8 @@ def _tell(study: optuna.Study, trial: Trial, result: TrialResult, names: list[st
         trial.set_user_attr(key, value)
     trial.set_user_attr("thresholds", json.dumps(result.thresholds))
     trial.set_user_attr("per_module_sparsity", json.dumps(result.per_module_sparsity))
+    if result.saliency is not None:
+        trial.set_user_attr(keys.SALIENCY, result.saliency)
     if result.start_block is not None:
         trial.set_user_attr("start_block", result.start_block)
     if result.skipped:

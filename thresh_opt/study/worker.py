@@ -41,6 +41,7 @@ class TrialResult:
     cache_mb: float = 0.0
     lost: str | None = None  # the worker died during the trial: why (nothing was measured)
     screened: dict[str, float] = field(default_factory=dict)  # early rejection: batches measured, verdict
+    saliency: dict[str, Any] | None = None  # the gradient scores at its configuration, when the gate asked
 
     @property
     def forward_equivalents(self) -> float:
@@ -109,12 +110,15 @@ class Gate:
             dominates, or one that violates a constraint on a cheap objective, is skipped.
         skip: False when the gate only carries the acceptance rule for early rejection (the expensive
             objectives are never skipped).
+        saliency: also score every parameter's levels from a gradient pass at the trial's configuration
+            (:meth:`TrialWorker.gradient_scores`), for a sampler that reads them (the result's ``saliency``).
     """
 
     key: str | None = None
     acceptance: Acceptance | None = None
     front: tuple[tuple[float, ...], ...] | None = None
     skip: bool = True
+    saliency: bool = False
 
 
 class TrialWorker:
@@ -225,10 +229,11 @@ class TrialWorker:
                 ev = self.evaluator.evaluate(thresholds, only=self.needed, gate=reason,
                                              first=gate.key if gate else None)
             screened = self._screened(screen)
+            saliency = self.gradient_scores(vector)[0] if gate is not None and gate.saliency else None
             return TrialResult(ev.values, thresholds, ev.per_module_sparsity, time.perf_counter() - started,
                                skipped=ev.skipped, cost=self._spent(before, started),
                                start_block=self.engine.last_start, cache_mb=self.engine.usage().mb,
-                               screened=screened)
+                               screened=screened, saliency=saliency)
         except Exception as exc:  # noqa: BLE001 - stored as a FAIL trial with its error; the study goes on
             last = traceback.format_exception_only(type(exc), exc)[-1].strip()
             return TrialResult(seconds=time.perf_counter() - started, error=last, cost=self._spent(before, started))
@@ -267,12 +272,17 @@ class TrialWorker:
     def _spent(self, before: Cost, started: float) -> Cost:
         return replace(self.engine.cost.since(before), seconds=time.perf_counter() - started)
 
-    def gradient_scores(self) -> tuple[dict[str, dict[str, list[list[float]]]], float]:
+    def gradient_scores(self, base: list[float] | None = None) -> tuple[dict[str, dict[str, list[list[float]]]], float]:
         """Each parameter of the search space alone at each of its positive levels, scored from one gradient
-        pass on the dense model (:mod:`thresh_opt.incremental.gradient`): ``{"scores": param -> [[level,
-        saliency], ...], "gains": param -> [[level, predicted MAC-weighted sparsity gained], ...]}`` (the study
-        attribute ``keys.GRADIENT_SCORES``, read by ``SensitivitySampler(probes="gradient")``), and its cost
-        in forward-equivalents (the dense statistics' pass when not known, and the gradient pass)."""
+        pass (:mod:`thresh_opt.incremental.gradient`) at a configuration (``base``, thresholds in site
+        order; default dense):
+        ``{"scores": param -> [[level, saliency], ...], "gains": param -> [[level, predicted MAC-weighted
+        sparsity gained], ...]}``, and its cost in forward-equivalents (the dense statistics' pass when not
+        known, and the gradient pass). A level's saliency is that of zeroing everything below its threshold
+        at the configuration's gradient (so a parameter's own level scores what the configuration already
+        zeroes there); thresholds come from the dense statistics. At the dense model this is the study
+        attribute ``keys.GRADIENT_SCORES`` (read by ``SensitivitySampler(probes="gradient")``); at a trial's
+        configuration, its ``keys.SALIENCY`` (read by the saliency-path sampler)."""
         from thresh_opt.incremental.gradient import PASS_FE, saliencies
 
         tm, engine = self.loaded.thresholded, self.engine
@@ -292,7 +302,7 @@ class TrialWorker:
                 # a target at or below the module's natural zeros (threshold 0) gains nothing
                 gain = sum(macs[m] * max(0.0, targets[m] - natural.get(m, 0.0)) for m in names) / total
                 plan.setdefault(param, []).append((level, changed, gain))
-        table = saliencies(tm, engine.runner.batches, wanted)
+        table = saliencies(tm, engine.runner.batches, wanted, base)
         score = {(i, t): s for i, ts in wanted.items() for t, s in zip(ts, table[i])}
         engine.cost.other_fe += PASS_FE
         out = {"scores": {p: [[lv, sum(score[c] for c in ch)] for lv, ch, _ in rows] for p, rows in plan.items()},

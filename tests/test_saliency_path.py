@@ -1,0 +1,164 @@
+"""The saliency path: its step knapsack on a hand-made table, the sampler in an Optuna study on a synthetic
+objective whose saliencies are known, gradient passes at a configuration on the embedded model, and a
+study through the CLI."""
+
+from __future__ import annotations
+
+from itertools import pairwise
+
+import optuna
+import pytest
+from optuna.distributions import CategoricalDistribution
+from optuna.trial import TrialState
+from test_sensitivity_sampler import DENSE_LOSS, MACS, NAMES, loss_of, new_study, sparsity_of
+from test_study import load, write_study
+
+from thresh_opt import keys
+from thresh_opt.calibration import CalibrationSpec, calibration_chunks
+from thresh_opt.cli import main
+from thresh_opt.incremental import IncrementalEngine
+from thresh_opt.incremental.gradient import saliencies
+from thresh_opt.samplers import SaliencyPathSampler
+from thresh_opt.samplers._saliency_path import PREDICTED, ROLE, TARGET
+from thresh_opt.samplers.allocation import Allocation, increment_tables, lagrangian_within, stepped
+
+optuna.logging.set_verbosity(optuna.logging.ERROR)
+
+FINE = [round(0.1 * i, 1) for i in range(10)]  # 0.0 .. 0.9
+SCALE = 250.0  # saliency units per unit of loss ratio: the sampler must find it from the measured steps
+
+
+def test_increment_tables_put_the_current_level_at_zero_and_steps_map_back():
+    scores = {"a": {0.3: 1.0, 0.6: 3.0, 0.9: 8.0}, "b": {0.3: 0.5, 0.6: 0.6, 0.9: 4.0}}
+    gains = {"a": {0.3: 0.3, 0.6: 0.6, 0.9: 0.9}, "b": {0.3: 0.03, 0.6: 0.06, 0.9: 0.09}}
+    table, gain = increment_tables(scores, gains, {"a": 0.3, "b": 0.0})
+    assert table == {"a": {0.6: 2.0, 0.9: 7.0}, "b": {0.3: 0.5, 0.6: 0.6, 0.9: 4.0}}
+    assert gain["a"] == pytest.approx({0.6: 0.3, 0.9: 0.6}) and gain["b"] == gains["b"]
+    pick = lagrangian_within(table, 2.0, gain)
+    assert pick is not None and stepped({"a": 0.3, "b": 0.0}, pick) == {"a": 0.6, "b": 0.0}
+    assert stepped({"a": 0.3, "b": 0.6}, Allocation({"a": 0.0, "b": 0.9}, 0.0, 0.0)) == {"a": 0.3, "b": 0.9}
+    # a level below the current one is never offered; a score that fell below the current level's counts 0
+    table, _ = increment_tables({"a": {0.3: 2.0, 0.6: 1.5}}, {"a": {0.3: 0.3, 0.6: 0.6}}, {"a": 0.3})
+    assert table == {"a": {0.6: 0.0}}
+
+
+def saliency_of(params):
+    """What a worker would store: each level's loss increase alone at the trial's configuration (the
+    synthetic loss is additive, so that is its one-at-a-time increase), in saliency units."""
+    def alone(n, lv):
+        return SCALE * (loss_of({**dict.fromkeys(NAMES, 0.0), n: lv}) - DENSE_LOSS) / DENSE_LOSS
+    return {"scores": {n: [[lv, alone(n, lv)] for lv in FINE[1:]] for n in NAMES},
+            "gains": {n: [[lv, MACS[n] * lv] for lv in FINE[1:]] for n in NAMES}}
+
+
+def run(study, sampler, max_trials=100):
+    dists = {n: CategoricalDistribution(c) for n, c in sampler.search_space.items()}
+    while not sampler.is_finished(study) and len(study.trials) < max_trials:
+        trial = study.ask(dists)
+        if sampler.wants_saliency(study, trial.number):
+            trial.set_user_attr(keys.SALIENCY, saliency_of(trial.params))
+        trial.set_user_attr("calibration_loss", loss_of(trial.params))
+        trial.set_user_attr("sparsity", sparsity_of(trial.params))
+        study.tell(trial, [loss_of(trial.params), sparsity_of(trial.params)])
+
+
+def test_the_path_calibrates_its_scale_and_lands_on_the_targets():
+    sampler = SaliencyPathSampler(dict.fromkeys(NAMES, FINE), step=0.005, max_loss_ratio=1.05,
+                                  targets=[1.02, 1.045])
+    storage = optuna.storages.InMemoryStorage()
+    study = new_study(sampler, storage)
+    study.enqueue_trial(dict.fromkeys(NAMES, 0.0))  # the study's dense baseline: the path's start
+    run(study, sampler)
+    assert sampler.is_finished(study)
+    trials = study.trials
+    assert trials[0].user_attrs[keys.SALIENCY]  # the enqueued dense trial was asked for its table
+    path = [t for t in trials if t.system_attrs.get(ROLE) == "path"]
+    ratios = [loss_of(t.params) / DENSE_LOSS for t in [trials[0], *path]]
+    assert ratios == sorted(ratios) and ratios[-2] <= 1.05 < ratios[-1]  # it stops past max_loss_ratio
+    # the first step calibrates (no prediction); after it the additive model is predicted exactly
+    assert path[0].system_attrs[PREDICTED] is None
+    for t in path[1:]:
+        assert t.system_attrs[PREDICTED] == pytest.approx(loss_of(t.params) / DENSE_LOSS, abs=1e-9)
+    # a step spends `step` (its budget doubles only where no level fits in it: the coarse last levels)
+    deltas = [b - a for a, b in pairwise(ratios[1:])]
+    assert all(d <= 0.005 + 1e-9 for d in deltas[:5])
+    assert len(path) >= 8
+    plan = sampler.plan(study)
+    for target in (1.02, 1.045):
+        landed = plan.landings[target]
+        ratio = loss_of(dict(zip(NAMES, landed))) / DENSE_LOSS
+        below = max(r for r in ratios if r <= target)
+        assert below <= ratio <= target
+    landings = [t for t in trials if t.system_attrs.get(ROLE) == "landing"]
+    assert {t.system_attrs[TARGET] for t in landings} <= {1.02, 1.045}
+    finals = sampler.final_params(study)
+    assert finals[0] == dict.fromkeys(NAMES, 0.0) and len(finals) == len(ratios) - 1 + len(landings)
+    # no state in the sampler: a new one on the storage reads the same path and issues nothing new
+    again = SaliencyPathSampler(dict.fromkeys(NAMES, FINE), step=0.005, max_loss_ratio=1.05, targets=[1.02, 1.045])
+    assert again.is_finished(new_study(again, storage)) and again.final_params(study) == finals
+    # a trial the path reads without its table is measured again with it
+    copy = new_study(SaliencyPathSampler(dict.fromkeys(NAMES, FINE)), optuna.storages.InMemoryStorage())
+    copy.add_trial(optuna.trial.create_trial(
+        params=dict.fromkeys(NAMES, 0.0), distributions={n: CategoricalDistribution(FINE) for n in NAMES},
+        values=[DENSE_LOSS, sparsity_of(dict.fromkeys(NAMES, 0.0))], user_attrs={"calibration_loss": DENSE_LOSS}))
+    trial = copy.ask({n: CategoricalDistribution(FINE) for n in NAMES})
+    assert trial.params == dict.fromkeys(NAMES, 0.0) and copy.sampler.wants_saliency(copy, trial.number)
+
+
+@pytest.mark.parametrize(("kwargs", "message"), [
+    ({"step": 0}, "step must be a loss-ratio increase > 0"),
+    ({"max_loss_ratio": 1.0}, "max_loss_ratio must be a loss ratio > 1"),
+    ({"targets": [0.9]}, "targets must be a loss ratio > 1"),
+    ({"max_steps": 0}, "max_steps must be an integer >= 1"),
+])
+def test_bad_options_are_refused(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        SaliencyPathSampler(dict.fromkeys(NAMES, FINE), **kwargs)
+
+
+SMALL = CalibrationSpec(source="heldout", ctx_len=32, count=4, seed=0)
+
+
+def test_saliencies_at_a_configuration_score_what_it_zeroes_from_its_gradient(rwkv):
+    tm = rwkv.thresholded
+    engine = IncrementalEngine(tm, calibration_chunks(rwkv, SMALL), batch_size=4)
+    n = len(tm.names)
+    half, most = engine.thresholds_for([0.5] * n, "dense"), engine.thresholds_for([0.8] * n, "dense")
+    wanted = {i: [half[i], most[i]] for i in range(n)}
+    dense = saliencies(tm, engine.runner.batches, wanted)
+    zero = saliencies(tm, engine.runner.batches, wanted, [0.0] * n)
+    assert all(zero[i] == pytest.approx(dense[i], rel=1e-6, abs=1e-15) for i in range(n))  # base 0 is dense
+    at = saliencies(tm, engine.runner.batches, wanted, half)
+    assert all(t == 0.0 for t in tm.thresholds.values())  # left dense
+    for i in range(n):
+        assert 0 <= at[i][0] <= at[i][1]  # zeroing more scores more, from the base's own inputs
+    # the gradient is the configuration's: the model's other zeros change every site's scores
+    assert sum(abs(at[i][1] - dense[i][1]) for i in range(n)) > 0.05 * sum(dense[i][1] for i in range(n))
+
+
+def test_a_saliency_path_study_on_the_embedded_model(tmp_path, capsys):
+    path = write_study(tmp_path, sampler={"name": "saliency_path",
+                                          "options": {"max_loss_ratio": 1.02, "targets": [1.01]}},
+                       search_space={"grouping": "kind", "levels": FINE}, trials=60,
+                       baselines={"dense": True, "uniform": []})
+    assert main(["study", "run", str(path), "--json"]) == 0
+    capsys.readouterr()
+    study = load(tmp_path)
+    assert study.user_attrs[keys.STATISTICS] == "dense"  # statistics: auto maps its levels as its tables do
+    done = [t for t in study.trials if t.state == TrialState.COMPLETE]
+    path_trials = [t for t in done if t.system_attrs.get(ROLE) == "path"]
+    assert done[0].user_attrs[keys.SALIENCY] and all(keys.SALIENCY in t.user_attrs for t in path_trials)
+    assert all(keys.SALIENCY not in t.user_attrs for t in done if t.system_attrs.get(ROLE) == "landing")
+    # a path trial's cost holds its gradient pass (2 forward-equivalents) on top of its evaluation
+    assert all(t.user_attrs[keys.FORWARD_EQUIVALENTS] >= 2.0 for t in path_trials)
+    scores = done[0].user_attrs[keys.SALIENCY]["scores"]
+    assert len(scores) == 7 and all(len(v) == 9 for v in scores.values())
+    ratios = [t.user_attrs["loss_ratio"] for t in [done[0], *path_trials]]
+    sparsity = [t.user_attrs["sparsity"] for t in [done[0], *path_trials]]
+    assert ratios[-1] > 1.02 and sparsity[-2] > sparsity[0] + 0.2  # it went far, then stopped past the cap
+    final = study.user_attrs[keys.FINAL]
+    assert final and all(r["trial"] is not None for r in final)
+    capsys.readouterr()
+    bad = write_study(tmp_path, name="bad", sampler={"name": "saliency_path", "options": {"targets": [0.5]}})
+    assert main(["study", "run", str(bad)]) == 2
+    assert "sampler.options.targets" in capsys.readouterr().err

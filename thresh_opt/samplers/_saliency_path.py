@@ -1,0 +1,298 @@
+"""SaliencyPathSampler: a path of configurations from the dense model, each step a knapsack on gradient
+saliencies taken at the configuration reached (the allocation re-linearized step by step), then optional
+landings on target loss ratios."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from optuna.logging import get_logger
+
+from thresh_opt import compat, keys
+from thresh_opt.samplers import allocation
+from thresh_opt.samplers._greedy_state import budgets
+from thresh_opt.samplers._replay import Ledger, read_ledger
+from thresh_opt.samplers._stamped import StampedSampler, finite, positive_levels
+
+if TYPE_CHECKING:
+    from collections.abc import Mapping, Sequence
+
+    from optuna.samplers import BaseSampler
+    from optuna.study import Study
+    from optuna.trial import FrozenTrial
+
+    from thresh_opt.samplers._greedy_state import Acceptance
+    from thresh_opt.samplers._replay import Key
+
+_logger = get_logger(__name__)
+
+# System attributes stamped on every trial the sampler issues.
+ROLE = "saliency_path:role"  # "path" | "landing" | "wait" | "finished"
+PARAMS = "saliency_path:params"  # the whole assignment of the trial
+TARGET = "saliency_path:target"  # a landing's target loss ratio (None otherwise)
+PREDICTED = "saliency_path:predicted"  # the loss ratio the step predicts (None before the scale is known)
+
+FIRST_SHARE = 1e-3  # the first step's saliency budget, as a share of the whole front's (no scale known yet)
+SMOOTHING = 0.5  # weight of the newest measured / predicted ratio in the running scale
+RETRIES = 6  # doublings of a step's budget while no level fits in it
+LANDING_TRIES = 2  # tries per target, the step halved each time
+LANDED = 0.1  # a path point within this share of `step` below a target needs no landing
+
+
+@dataclass
+class Point:
+    """A configuration on the path, as measured."""
+
+    key: Key
+    ratio: float  # loss / dense loss
+    scale: float | None  # loss ratio per unit of saliency, estimated from the steps up to here
+
+
+@dataclass(frozen=True)
+class Next:
+    """A configuration to evaluate next."""
+
+    key: Key
+    role: str  # "path" | "landing"
+    target: float | None = None  # a landing's target loss ratio
+    predicted: float | None = None  # the loss ratio its step predicts (None: no scale yet)
+
+
+@dataclass
+class Plan:
+    """What the stored trials say: the path so far, the landings found, and what to evaluate next."""
+
+    path: list[Point] = field(default_factory=list)
+    landings: dict[float, Key] = field(default_factory=dict)  # target -> the configuration landed on
+    issue: list[Next] = field(default_factory=list)  # in order
+    done: bool = False
+
+
+class SaliencyPathSampler(StampedSampler):
+    """A path from the dense configuration toward higher loss, re-linearized at every step.
+
+    Each path trial is measured with its *saliency table* (the driver asks the worker for it through
+    :meth:`wants_saliency`; it lands in the trial user attribute ``keys.SALIENCY``): every parameter's
+    levels scored from one gradient pass at the trial's configuration
+    (:mod:`thresh_opt.incremental.gradient`, 2 forward-equivalents). From the last point the next step
+    raises the parameters that the multiple-choice knapsack on the table's increments picks
+    (:func:`thresh_opt.samplers.allocation.increment_tables`): the most predicted gain for a predicted
+    increase of ``step`` in loss ratio. Saliencies are in their own units; their scale (loss ratio per
+    unit) is estimated from the measured steps (a running mean of measured / predicted increases), the
+    first step spending a small share of the whole front's saliency to calibrate it. The path stops
+    past ``max_loss_ratio``, after ``max_steps`` steps, or when every parameter is at its top level.
+    Then, for each of ``targets`` (loss ratios), from the last path point below it one *landing* step
+    aims at the rest of the target's budget, halved once if it overshoots.
+
+    Unlike the one-shot allocation of ``SensitivitySampler(probes="gradient")``, every step's table is
+    taken where the path stands, so what the modules already zeroed (and how the rest of the model
+    reacts) is in the gradient. No state is kept in the sampler: the path is replayed from the stored
+    trials, by configuration; a new sampler on the same storage continues.
+
+    Args:
+        search_space: parameter name -> levels (target sparsities; 0.0 added). The order is the order of
+            the parameters in the knapsack (ties).
+        step: the predicted loss-ratio increase of one step (> 0).
+        max_loss_ratio: the path stops at the first point above this loss ratio (> 1).
+        targets: loss ratios (> 1) to land on after the path (default none).
+        max_steps: the most path steps (>= 1).
+        loss_key: the trial user attribute holding the loss.
+        independent_sampler: samples parameters outside the search space (default: random).
+        warn_independent_sampling: warn once per parameter sampled by ``independent_sampler``.
+    """
+
+    def __init__(self, search_space: Mapping[str, Sequence[float]], *, step: float = 0.005,
+                 max_loss_ratio: float = 1.1, targets: Sequence[float] | None = None, max_steps: int = 100,
+                 loss_key: str = "calibration_loss", independent_sampler: BaseSampler | None = None,
+                 warn_independent_sampling: bool = True) -> None:
+        levels = positive_levels(search_space, "SaliencyPathSampler", "levels")
+        if not (finite(step) is not None and step > 0):
+            raise ValueError(f"step must be a loss-ratio increase > 0, got {step!r}")
+        if not (finite(max_loss_ratio) is not None and max_loss_ratio > 1):
+            raise ValueError(f"max_loss_ratio must be a loss ratio > 1, got {max_loss_ratio!r}")
+        if not (isinstance(max_steps, int) and max_steps >= 1):
+            raise ValueError(f"max_steps must be an integer >= 1, got {max_steps!r}")
+        super().__init__(levels, PARAMS, independent_sampler, warn_independent_sampling)
+        self._levels = levels
+        self._names = tuple(levels)
+        self._step = float(step)
+        self._max = float(max_loss_ratio)
+        self._targets = tuple(sorted(budgets(list(targets or []), "targets")))
+        self._max_steps = max_steps
+        self._loss_key = loss_key
+
+    # ---- the driver's interface (SteppedSampler) ---------------------------------------------------
+
+    @property
+    def loss_key(self) -> str:
+        """The trial user attribute the path reads."""
+        return self._loss_key
+
+    @property
+    def search_space(self) -> dict[str, list[float]]:
+        """Parameter name -> all its levels, 0.0 included, ascending (the choices to ask with)."""
+        return {name: [0.0, *c] for name, c in self._levels.items()}
+
+    def is_finished(self, study: Study) -> bool:
+        """True when the path has ended and every landing is decided."""
+        return self.plan(study).done
+
+    def needs_wait(self, study: Study) -> bool:
+        """True while every next configuration is running (each step needs the one before)."""
+        plan, ledger = self._plan_and_ledger(study)
+        return not plan.done and not [n for n in plan.issue if n.key not in ledger.pending]
+
+    def final_params(self, study: Study) -> list[dict[str, float]]:
+        """The path's points within ``max_loss_ratio``, then the landings' configurations."""
+        plan = self.plan(study)
+        keys_ = [p.key for p in plan.path if p.ratio <= self._max] + list(plan.landings.values())
+        return [self._params(k) for k in dict.fromkeys(keys_)]
+
+    def acceptance(self, study: Study, number: int) -> Acceptance | None:
+        """No acceptance rule: every trial is measured in full."""
+        return None
+
+    def wants_saliency(self, study: Study, number: int) -> bool:
+        """True for a trial whose saliency table the path reads: a path trial, or an enqueued dense one."""
+        trial = study.get_trials(deepcopy=False)[number]
+        role = trial.system_attrs.get(ROLE)
+        if role is not None:
+            return role == "path"
+        fixed = trial.system_attrs.get("fixed_params") or {}
+        return all(float(fixed.get(n, -1.0)) == 0.0 for n in self._names)
+
+    # ---- the path --------------------------------------------------------------------------------
+
+    def plan(self, study: Study) -> Plan:
+        """The path and landings the stored trials give, and what to evaluate next."""
+        return self._plan_and_ledger(study)[0]
+
+    def _plan_and_ledger(self, study: Study) -> tuple[Plan, Ledger]:
+        trials = compat.all_trials(study)
+        ledger = read_ledger(trials, self._names, PARAMS, self._loss_key, "sparsity")
+        tables: dict[Key, dict[str, Any]] = {}
+        for t in trials:
+            table = t.user_attrs.get(keys.SALIENCY)
+            key = ledger.key(t.params)
+            if isinstance(table, dict) and key is not None:
+                tables.setdefault(key, table)
+        return self._replay(ledger, tables), ledger
+
+    def _params(self, key: Key) -> dict[str, float]:
+        return dict(zip(self._names, key))
+
+    def _ratio(self, ledger: Ledger, key: Key, dense: float) -> float | None:
+        result = ledger.get(key)
+        return None if result is None or result.loss is None else result.loss / dense
+
+    def _propose(self, table: Mapping[str, Any], key: Key, budget: float, retries: int) -> tuple[Key, float] | None:
+        """The step from `key` with the most predicted gain within `budget` saliency (doubled up to
+        `retries` times while nothing fits), and its predicted saliency; None when nothing moves."""
+        scores = {p: {float(lv): float(s) for lv, s in table["scores"].get(p, [])} for p in self._names}
+        gains = {p: {float(lv): float(g) for lv, g in table["gains"].get(p, [])} for p in self._names}
+        current = self._params(key)
+        inc, gain = allocation.increment_tables(scores, gains, current)
+        for _ in range(retries + 1):
+            pick = allocation.lagrangian_within(inc, budget, gain)
+            if pick is not None:
+                nxt = allocation.stepped(current, pick)
+                new = tuple(nxt[n] for n in self._names)
+                if new != key:
+                    return new, pick.loss
+            budget *= 2
+        return None
+
+    def _replay(self, ledger: Ledger, tables: Mapping[Key, Mapping[str, Any]]) -> Plan:
+        plan = Plan()
+        dense_key = (0.0,) * len(self._names)
+        dense = ledger.get(dense_key)
+        if dense is None or dense.loss is None or dense_key not in tables:
+            plan.issue.append(Next(dense_key, "path"))  # also when it failed, or ran without its table
+            return plan
+        key, scale, predicted, ratio_before = dense_key, None, None, None
+        expected: float | None = None  # the loss ratio the last step predicts, once the scale is known
+        first_budget: float | None = None
+        while True:
+            ratio = self._ratio(ledger, key, dense.loss)
+            if ratio is None:
+                if ledger.get(key) is None:
+                    plan.issue.append(Next(key, "path", None, expected))
+                    return plan
+                break  # the step failed: the path ends before it
+            if predicted is not None and ratio_before is not None and predicted > 0:
+                observed = max(0.0, (ratio - ratio_before) / predicted)
+                if scale is None:
+                    scale = observed if observed > 0 else None
+                else:
+                    scale = (1 - SMOOTHING) * scale + SMOOTHING * observed
+            plan.path.append(Point(key, ratio, scale))
+            if ratio > self._max or len(plan.path) > self._max_steps:
+                break
+            table = tables.get(key)
+            if table is None:
+                plan.issue.append(Next(key, "path"))  # measured without its table: again, with it
+                return plan
+            if scale is None:  # calibrate: a small share of the front, ten times more after each flat step
+                whole = allocation.front(*allocation.increment_tables(
+                    {p: dict(map(tuple, table["scores"].get(p, []))) for p in self._names},
+                    {p: dict(map(tuple, table["gains"].get(p, []))) for p in self._names}, self._params(key)))
+                first_budget = FIRST_SHARE * whole[-1].loss if first_budget is None else first_budget * 10
+                budget = first_budget
+            else:
+                budget = self._step / max(scale, 1e-300)
+            step = self._propose(table, key, budget, RETRIES)
+            if step is None:
+                break
+            ratio_before, (key, predicted) = ratio, step
+            expected = ratio + scale * predicted if scale is not None else None
+        self._land(plan, ledger, tables, dense.loss)
+        plan.done = not plan.issue
+        return plan
+
+    def _land(self, plan: Plan, ledger: Ledger, tables: Mapping[Key, Mapping[str, Any]], dense: float) -> None:
+        """Per target: the landing configuration, or the next one to evaluate."""
+        last_scale = next((p.scale for p in reversed(plan.path) if p.scale is not None), None)
+        for target in self._targets:
+            below = [i for i, p in enumerate(plan.path) if p.ratio <= target]
+            if not below:
+                continue
+            start = plan.path[below[-1]]
+            plan.landings[target] = start.key
+            scale = start.scale or last_scale
+            gap = target - start.ratio
+            if below[-1] == len(plan.path) - 1 or scale is None or gap < LANDED * self._step:
+                continue  # the path never went past it, or it is close enough already
+            for attempt in range(LANDING_TRIES):
+                step = self._propose(tables[start.key], start.key, gap / scale / 2**attempt, 0)
+                if step is None:
+                    break
+                ratio = self._ratio(ledger, step[0], dense)
+                if ratio is None:
+                    if ledger.get(step[0]) is None:
+                        plan.issue.append(Next(step[0], "landing", target, start.ratio + scale * step[1]))
+                    break
+                if ratio <= target:
+                    plan.landings[target] = step[0]
+                    break
+
+    # ---- Optuna ----------------------------------------------------------------------------------
+
+    def before_trial(self, study: Study, trial: FrozenTrial) -> None:
+        # Enqueued trials (fixed_params) and trials already stamped (e.g. retried) are left alone.
+        if "fixed_params" in trial.system_attrs or ROLE in trial.system_attrs:
+            return
+        plan, ledger = self._plan_and_ledger(study)
+        free = [n for n in plan.issue if n.key not in ledger.pending]
+        if free:
+            nxt = free[0]
+        elif plan.done:
+            finals = self.final_params(study)
+            nxt = Next(tuple(finals[-1][n] for n in self._names) if finals else (0.0,) * len(self._names),
+                       "finished")
+        else:
+            _logger.warning("SaliencyPathSampler: every next configuration is running (needs_wait); this "
+                            "trial repeats the dense configuration.")
+            nxt = Next((0.0,) * len(self._names), "wait")
+        self._write_stamp(study, trial, {ROLE: nxt.role, PARAMS: self._params(nxt.key), TARGET: nxt.target,
+                                         PREDICTED: nxt.predicted})
