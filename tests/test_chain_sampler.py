@@ -141,7 +141,7 @@ def test_a_stage_that_cannot_finish_before_the_last_is_refused():
     # a study file's chain is checked the same way when it loads
     choice = SamplerConfig(name="chain", options={"stages": [{"name": "tpe"}, {"name": "sensitivity"}]})
     with pytest.raises(ConfigError, match=r"stage 0 \('tpe'\) never finishes.*allowed before the last stage: "
-                                          r"greedy, sensitivity, blockwise"):
+                                          r"greedy, sensitivity, saliency_path, blockwise"):
         check_sampler_options(choice, "s.yaml", [0.0, *QUICK])
 
 

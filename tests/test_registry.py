@@ -68,8 +68,9 @@ def test_registry_lists_allowed_names_and_refuses_a_second_declaration():
 
 
 def test_sampler_metadata_drives_the_study_engine():
-    assert SAMPLERS.where(levels=True) == ("greedy", "hybrid", "sensitivity", "blockwise", "chain")
-    assert SAMPLERS.where(deterministic=True) == ("greedy", "sensitivity", "blockwise")
+    assert SAMPLERS.where(levels=True) == ("greedy", "hybrid", "sensitivity", "saliency_path", "blockwise", "chain")
+    assert SAMPLERS.where(deterministic=True) == ("greedy", "sensitivity", "saliency_path", "blockwise")
+    assert SAMPLERS.where(statistics="dense") == ("saliency_path",)  # its default statistics, declared with it
     assert set(SAMPLERS.where(hybrid_base=True)) == {"tpe", "nsga2", "nsga3", "random", "gp"}
     # the options of Optuna's samplers come from their constructors: a new Optuna option is accepted as is
     assert {"n_startup_trials", "multivariate", "constant_liar"} <= set(SAMPLERS["tpe"].options.model_fields)
