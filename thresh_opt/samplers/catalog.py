@@ -19,10 +19,10 @@ import builtins
 import inspect
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Annotated, Any
 
 import optuna
-from pydantic import BaseModel, ConfigDict, Field, create_model, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationInfo, create_model, field_validator
 
 from thresh_opt.errors import ConfigError
 from thresh_opt.registry import SAMPLERS
@@ -52,6 +52,15 @@ def population_for_budget(trials: int) -> int:
 
 
 GREEDY_ORDERS = ("forward", "reverse")
+
+
+def _loss_ratios(v: list[float], info: ValidationInfo) -> list[float]:
+    budgets(v, info.field_name or "loss ratios")  # ValueError with the reason, naming the option
+    return v
+
+
+# A list of loss ratios > 1 to the dense loss (budget passes, landing targets)
+LossRatios = Annotated[list[float], AfterValidator(_loss_ratios)]
 
 
 class _Options(BaseModel):
@@ -195,16 +204,10 @@ class SensitivityOptions(_Options):
 
     loss_key: str = "calibration_loss"
     front_size: int = Field(16, ge=1)
-    refine_budgets: list[float] = Field(default_factory=list)  # budget passes from the measured front
+    refine_budgets: LossRatios = Field(default_factory=list)  # budget passes from the measured front
     probe_levels: list[float] | None = None  # probe only these levels (the search space's, checked at build)
     probes: Probes = "measured"  # gradient: the table from one gradient pass
     warn_independent_sampling: bool = True
-
-    @field_validator("refine_budgets")
-    @classmethod
-    def _refine_budgets(cls, v: list[float]) -> list[float]:
-        budgets(v, "refine_budgets")  # ValueError with the reason
-        return v
 
     @field_validator("probe_levels")
     @classmethod
@@ -239,16 +242,10 @@ class SaliencyPathOptions(_Options):
 
     step: float = Field(0.005, gt=0)  # predicted loss-ratio increase per step
     max_loss_ratio: float = Field(1.1, gt=1)
-    targets: list[float] = Field(default_factory=list)  # loss ratios to land on after the path
+    targets: LossRatios = Field(default_factory=list)  # loss ratios to land on after the path
     max_steps: int = Field(100, ge=1)
     loss_key: str = "calibration_loss"
     warn_independent_sampling: bool = True
-
-    @field_validator("targets")
-    @classmethod
-    def _targets(cls, v: list[float]) -> list[float]:
-        budgets(v, "targets")  # ValueError with the reason
-        return v
 
 
 def _saliency_path(options: SaliencyPathOptions, ctx: BuildContext) -> SaliencyPathSampler:
