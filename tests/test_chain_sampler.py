@@ -175,6 +175,13 @@ STAGES = [{"name": "sensitivity", "options": {"probe_levels": [0.6], "front_size
 def test_a_chain_study_on_the_embedded_model(tmp_path, capsys):
     # it walks levels as its stages do: sequential statistics by default; dense ones here keep the test short
     assert SearchSpaceConfig().statistics_for("chain") == "sequential"
+    # with its stages known, a chain maps as its first stage does (the saliency path's tables assume dense)
+    first = {"name": "saliency_path"}
+    then_tpe = SamplerConfig(name="chain", options={"stages": [first, {"name": "tpe"}]})
+    assert SearchSpaceConfig().statistics_for(then_tpe) == "dense"
+    assert SearchSpaceConfig().statistics_for(SamplerConfig(name="chain", options={"stages": STAGES})) == "sequential"
+    assert SearchSpaceConfig(statistics="sequential").statistics_for(
+        SamplerConfig(name="chain", options={"stages": [first]})) == "sequential"  # an explicit choice wins
     path = write_study(tmp_path, sampler={"name": "chain", "options": {"stages": STAGES}},
                        search_space={"grouping": "kind", "levels": [0.3, 0.6, 0.9], "statistics": "dense"},
                        trials=60, baselines={"dense": True, "uniform": []})

@@ -217,7 +217,7 @@ def run_contender(c: Contender, run_dir: Path, executor: Any, source: str,
     """Run (or resume) one contender's study on a shared executor; wall time adds up over resumes."""
     cfg = c.cfg.model_copy(update={"storage": str(run_dir / keys.JOURNAL_FILE)})
     run = StudyRun(cfg, c.space, run_dir / "studies" / c.study_name, source=source)
-    executor.begin_study(c.space, c.cfg.sampler.name)
+    executor.begin_study(c.space, c.cfg.sampler)
     began = time.perf_counter()
     try:
         study = run_study(run, executor, on_trial)

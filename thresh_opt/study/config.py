@@ -69,12 +69,17 @@ class SearchSpaceConfig(_Strict):
             raise ValueError(f"unknown criterion {v!r}; allowed: {', '.join(allowed)}")
         return v
 
-    def statistics_for(self, sampler: str) -> Literal["dense", "sequential"]:
-        """The mapping the study uses with this sampler."""
+    def statistics_for(self, sampler: str | SamplerConfig) -> Literal["dense", "sequential"]:
+        """The mapping the study uses with this sampler (a name, or the study's sampler with its options)."""
         if self.statistics != "auto":
             return self.statistics
-        own = SAMPLERS[sampler].meta.get("statistics")  # a sampler whose tables assume one mapping
-        return own if own is not None else "sequential" if walks_levels(sampler) else "dense"
+        choice = sampler if isinstance(sampler, SamplerConfig) else SamplerConfig(name=sampler)
+        stages = choice.options.get("stages") if choice.name == "chain" else None
+        if stages and isinstance(stages[0], dict) and "name" in stages[0]:
+            # a chain maps as its first stage does: its trials come first, and its tables may assume it
+            return self.statistics_for(SamplerConfig(name=stages[0]["name"], options=stages[0].get("options", {})))
+        own = SAMPLERS[choice.name].meta.get("statistics")  # a sampler whose tables assume one mapping
+        return own if own is not None else "sequential" if walks_levels(choice.name) else "dense"
 
     @field_validator("levels")
     @classmethod

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Protocol
 
-from thresh_opt.study.config import SearchSpaceConfig
+from thresh_opt.study.config import SamplerConfig, SearchSpaceConfig
 from thresh_opt.study.worker import DenseReference, Gate, ModelInfo, Placement, TrialResult
 
 
@@ -26,7 +26,7 @@ class Executor(Protocol):
     def next_result(self) -> tuple[int, TrialResult]:
         """Block until one submitted trial is done."""
 
-    def begin_study(self, space_cfg: SearchSpaceConfig, sampler: str) -> None:
+    def begin_study(self, space_cfg: SearchSpaceConfig, sampler: SamplerConfig) -> None:
         """Switch the search space of later trials; forget every pass but the dense model's."""
 
     def dense(self) -> DenseReference:

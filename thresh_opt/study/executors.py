@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from thresh_opt.study.config import SearchSpaceConfig, StudyConfig
+from thresh_opt.study.config import SamplerConfig, SearchSpaceConfig, StudyConfig
 from thresh_opt.study.contracts import Executor
 from thresh_opt.study.worker import DenseReference, Gate, ModelInfo, Placement, TrialResult, TrialWorker
 
@@ -35,7 +35,7 @@ class SerialExecutor:
         """The oldest finished trial."""
         return self._done.pop(0)
 
-    def begin_study(self, space_cfg: SearchSpaceConfig, sampler: str) -> None:
+    def begin_study(self, space_cfg: SearchSpaceConfig, sampler: SamplerConfig) -> None:
         """Switch the search space of later trials; forget every pass but the dense model's."""
         self.worker.begin_study(space_cfg, sampler)
 

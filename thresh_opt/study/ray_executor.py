@@ -16,7 +16,7 @@ from collections.abc import Iterator
 from dataclasses import replace
 from typing import Any
 
-from thresh_opt.study.config import SearchSpaceConfig, StudyConfig
+from thresh_opt.study.config import SamplerConfig, SearchSpaceConfig, StudyConfig
 from thresh_opt.study.contracts import WorkersLost
 from thresh_opt.study.worker import DenseReference, Gate, ModelInfo, Placement, TrialResult, TrialWorker
 
@@ -92,7 +92,7 @@ class RayExecutor:
             else:
                 with loopback_only():  # "local": a runtime of its own, even where a `ray start` cluster runs
                     ray.init(address="local", num_cpus=max(workers, os.cpu_count() or 1), **kwargs)
-        self.cfg, self._space, self._sampler = cfg, space_cfg, cfg.sampler.name
+        self.cfg, self._space, self._sampler = cfg, space_cfg, cfg.sampler
         # num_gpus None: no GPU (Ray's default), where 0 would also be accepted but reads as a request
         self._actor_cls: Any = ray.remote(num_cpus=1, num_gpus=cfg.gpus_per_worker or None)(TrialWorker)  # type: ignore[arg-type]
         self.actors = [self._new_actor() for _ in range(workers)]
@@ -105,7 +105,7 @@ class RayExecutor:
 
     def _new_actor(self) -> Any:
         actor = self._actor_cls.remote(self.cfg, self._space, threads=1)
-        if self._sampler != self.cfg.sampler.name:  # a comparison's later contender
+        if self._sampler != self.cfg.sampler:  # a comparison's later contender
             actor.begin_study.remote(self._space, self._sampler)  # an actor's calls run in order: before any trial
         return actor
 
@@ -175,7 +175,7 @@ class RayExecutor:
         self._idle.append(a)
         return number, result
 
-    def begin_study(self, space_cfg: SearchSpaceConfig, sampler: str) -> None:
+    def begin_study(self, space_cfg: SearchSpaceConfig, sampler: SamplerConfig) -> None:
         """Switch the search space of later trials, on every actor (and on replacements)."""
         if self._inflight:
             raise RuntimeError("cannot switch the search space with trials in flight")

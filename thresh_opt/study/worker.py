@@ -14,7 +14,7 @@ from thresh_opt import keys
 from thresh_opt.incremental import Cost
 from thresh_opt.memory import release_free_memory
 from thresh_opt.registry import ARCHITECTURES
-from thresh_opt.study.config import SearchSpaceConfig, StudyConfig, constraint_values, objectives_needed
+from thresh_opt.study.config import SamplerConfig, SearchSpaceConfig, StudyConfig, constraint_values, objectives_needed
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -154,7 +154,7 @@ class TrialWorker:
                                    cache=cache, include_path=cfg.include_path,
                                    batch_size=ev.batch_size, cache_mb=ev.cache_mb, incremental=ev.incremental)
         self.engine = self.evaluator.engine
-        self.begin_study(space_cfg, cfg.sampler.name)
+        self.begin_study(space_cfg, cfg.sampler)
         # the cheap objectives and constraints, for skip_expensive: dominated
         self._cheap = [o.name for o in cfg.objectives if not OBJECTIVES[o.name].expensive]
         self._signs = [1.0 if (o.direction or OBJECTIVES[o.name].direction) == "minimize" else -1.0
@@ -162,7 +162,7 @@ class TrialWorker:
         self._cheap_cfg = cfg.model_copy(update={"constraints": [
             c for c in cfg.constraints if not OBJECTIVES[c.objective].expensive]})
 
-    def begin_study(self, space_cfg: SearchSpaceConfig, sampler: str) -> None:
+    def begin_study(self, space_cfg: SearchSpaceConfig, sampler: SamplerConfig) -> None:
         """Map later trials' parameters through this search space (a comparison switches spaces between
         studies) and forget every pass but the dense model's, so each study starts from the same state."""
         from thresh_opt.study.space import SearchSpace
