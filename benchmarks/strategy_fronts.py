@@ -64,6 +64,9 @@ STRATEGIES: dict[str, tuple[dict[str, Any], str, int]] = {
                       PER_MODULE_FINE, 200),
     "saliency-path-coarse": ({"name": "saliency_path", "options": {"max_loss_ratio": 1.075, "targets": RATIOS}},
                              PER_MODULE, 200),
+    # candidate steps per point (every parameter, each block, each family), measured as wholes
+    "saliency-path-blocks": ({"name": "saliency_path", "options": {"max_loss_ratio": 1.075, "targets": RATIOS,
+                                                                   "steps": "blocks"}}, PER_MODULE_FINE, 300),
     "blockwise": ({"name": "blockwise", "options": {"max_loss_ratio": 1.01}}, PER_MODULE, 600),
     "blocksearch": ({"name": "blocksearch"}, PER_MODULE, 150),
     "tpe": ({"name": "tpe"}, PER_KIND, 240),

@@ -105,11 +105,48 @@ def test_the_path_calibrates_its_scale_and_lands_on_the_targets():
     assert trial.params == dict.fromkeys(NAMES, 0.0) and copy.sampler.wants_saliency(copy, trial.number)
 
 
+def test_block_steps_measure_candidate_steps_as_wholes_and_take_the_most_efficient():
+    sampler = SaliencyPathSampler(dict.fromkeys(NAMES, FINE), step=0.005, max_loss_ratio=1.03, steps="blocks")
+    # every parameter, then each block, then each family (the segment after the block index)
+    assert sampler._step_groups("blocks") == [tuple(NAMES), ("blocks.0.att", "blocks.0.ffn"),
+                                              ("blocks.1.att", "blocks.1.ffn"), ("blocks.0.att", "blocks.1.att"),
+                                              ("blocks.0.ffn", "blocks.1.ffn")]
+    study = new_study(sampler, optuna.storages.InMemoryStorage())
+    study.enqueue_trial(dict.fromkeys(NAMES, 0.0))
+    run(study, sampler, max_trials=300)
+    assert sampler.is_finished(study)
+    trials = study.trials
+    roles = [t.system_attrs.get(ROLE) for t in trials]
+    assert "candidate" in roles and all(keys.SALIENCY not in t.user_attrs
+                                        for t, r in zip(trials, roles) if r == "candidate")
+    path = [t for t, r in zip(trials, roles) if r == "path"]
+    assert all(keys.SALIENCY in t.user_attrs for t in path)
+    # after the calibration step, each path point is its predecessor's candidate with the most measured
+    # sparsity per measured loss-ratio increase, evaluated again for its table
+    for before, after in pairwise(path[1:]):
+        cands = [t for t in trials[before.number + 1:after.number] if t.system_attrs.get(ROLE) == "candidate"]
+        # measured as a candidate first (at this point, or at an earlier one that proposed it too)
+        assert cands and any(t.system_attrs.get(ROLE) == "candidate" and t.params == after.params
+                             for t in trials[:after.number])
+
+        def value(t, ref=before):
+            return (sparsity_of(t.params) - sparsity_of(ref.params)) / (
+                (loss_of(t.params) - loss_of(ref.params)) / DENSE_LOSS)
+        assert value(after) >= max(value(c) for c in cands) - 1e-9
+    single = SaliencyPathSampler(dict.fromkeys(NAMES, FINE), step=0.005, max_loss_ratio=1.03)
+    plain = new_study(single, optuna.storages.InMemoryStorage())
+    plain.enqueue_trial(dict.fromkeys(NAMES, 0.0))
+    run(plain, single)
+    assert not any(t.system_attrs.get(ROLE) == "candidate" for t in plain.trials)
+    assert len(plain.trials) < len(trials)
+
+
 @pytest.mark.parametrize(("kwargs", "message"), [
     ({"step": 0}, "step must be a loss-ratio increase > 0"),
     ({"max_loss_ratio": 1.0}, "max_loss_ratio must be a loss ratio > 1"),
     ({"targets": [0.9]}, "targets must be a loss ratio > 1"),
     ({"max_steps": 0}, "max_steps must be an integer >= 1"),
+    ({"steps": "sideways"}, "steps must be one of single, blocks"),
 ])
 def test_bad_options_are_refused(kwargs, message):
     with pytest.raises(ValueError, match=message):

@@ -11,7 +11,7 @@ from optuna.logging import get_logger
 
 from thresh_opt import compat, keys
 from thresh_opt.samplers import allocation
-from thresh_opt.samplers._greedy_state import budgets
+from thresh_opt.samplers._greedy_state import block_of, budgets
 from thresh_opt.samplers._replay import Ledger, read_ledger
 from thresh_opt.samplers._stamped import StampedSampler, finite, positive_levels
 
@@ -28,7 +28,7 @@ if TYPE_CHECKING:
 _logger = get_logger(__name__)
 
 # System attributes stamped on every trial the sampler issues.
-ROLE = "saliency_path:role"  # "path" | "landing" | "wait" | "finished"
+ROLE = "saliency_path:role"  # "path" | "candidate" | "landing" | "wait" | "finished"
 PARAMS = "saliency_path:params"  # the whole assignment of the trial
 TARGET = "saliency_path:target"  # a landing's target loss ratio (None otherwise)
 PREDICTED = "saliency_path:predicted"  # the loss ratio the step predicts (None before the scale is known)
@@ -38,6 +38,7 @@ SMOOTHING = 0.5  # weight of the newest measured / predicted ratio in the runnin
 RETRIES = 6  # doublings of a step's budget while no level fits in it
 LANDING_TRIES = 2  # tries per target, the step halved each time
 LANDED = 0.1  # a path point within this share of `step` below a target needs no landing
+STEPS = ("single", "blocks")  # one proposed step per point, or candidate steps measured as wholes
 
 
 @dataclass
@@ -54,7 +55,7 @@ class Next:
     """A configuration to evaluate next."""
 
     key: Key
-    role: str  # "path" | "landing"
+    role: str  # "path" | "candidate" | "landing"
     target: float | None = None  # a landing's target loss ratio
     predicted: float | None = None  # the loss ratio its step predicts (None: no scale yet)
 
@@ -97,6 +98,13 @@ class SaliencyPathSampler(StampedSampler):
         max_loss_ratio: the path stops at the first point above this loss ratio (> 1).
         targets: loss ratios (> 1) to land on after the path (default none).
         max_steps: the most path steps (>= 1).
+        steps: ``"single"``: each step is the knapsack's pick over every parameter. ``"blocks"``: once the
+            scale is known, each point proposes that step and the same knapsack restricted to each block
+            (parameters by their first all-digit name segment) and to each family (the name segment after
+            the block: ``att``, ``ffn``), all sized to ``step``; they are evaluated as wholes (in parallel
+            when there are workers) and the one with the most measured sparsity per measured loss-ratio
+            increase is the next point (then evaluated again with its table). Several times the trials,
+            for steps priced by measurement rather than by adding saliencies.
         loss_key: the trial user attribute holding the loss.
         independent_sampler: samples parameters outside the search space (default: random).
         warn_independent_sampling: warn once per parameter sampled by ``independent_sampler``.
@@ -104,8 +112,8 @@ class SaliencyPathSampler(StampedSampler):
 
     def __init__(self, search_space: Mapping[str, Sequence[float]], *, step: float = 0.005,
                  max_loss_ratio: float = 1.1, targets: Sequence[float] | None = None, max_steps: int = 100,
-                 loss_key: str = "calibration_loss", independent_sampler: BaseSampler | None = None,
-                 warn_independent_sampling: bool = True) -> None:
+                 steps: str = "single", loss_key: str = "calibration_loss",
+                 independent_sampler: BaseSampler | None = None, warn_independent_sampling: bool = True) -> None:
         levels = positive_levels(search_space, "SaliencyPathSampler", "levels")
         if not (finite(step) is not None and step > 0):
             raise ValueError(f"step must be a loss-ratio increase > 0, got {step!r}")
@@ -113,6 +121,8 @@ class SaliencyPathSampler(StampedSampler):
             raise ValueError(f"max_loss_ratio must be a loss ratio > 1, got {max_loss_ratio!r}")
         if not (isinstance(max_steps, int) and max_steps >= 1):
             raise ValueError(f"max_steps must be an integer >= 1, got {max_steps!r}")
+        if steps not in STEPS:
+            raise ValueError(f"steps must be one of {', '.join(STEPS)}, got {steps!r}")
         super().__init__(levels, PARAMS, independent_sampler, warn_independent_sampling)
         self._levels = levels
         self._names = tuple(levels)
@@ -121,6 +131,7 @@ class SaliencyPathSampler(StampedSampler):
         self._targets = tuple(sorted(budgets(list(targets or []), "targets")))
         self._max_steps = max_steps
         self._loss_key = loss_key
+        self._groups = self._step_groups(steps)
 
     # ---- the driver's interface (SteppedSampler) ---------------------------------------------------
 
@@ -186,11 +197,57 @@ class SaliencyPathSampler(StampedSampler):
         result = ledger.get(key)
         return None if result is None or result.loss is None else result.loss / dense
 
-    def _propose(self, table: Mapping[str, Any], key: Key, budget: float, retries: int) -> tuple[Key, float] | None:
+    def _step_groups(self, steps: str) -> list[tuple[str, ...]]:
+        """The parameter groups a point proposes a step for: every parameter, then (``"blocks"``) each
+        block and each family with more than one member and not every parameter."""
+        groups = [self._names]
+        if steps == "blocks":
+            def family(name: str) -> str | None:
+                parts = name.split(".")
+                at = next((i for i, x in enumerate(parts) if x.isdigit()), None)
+                return parts[at + 1] if at is not None and at + 1 < len(parts) else None
+
+            for label in (block_of, family):
+                seen: dict[Any, list[str]] = {}
+                for n in self._names:
+                    if (g := label(n)) is not None:
+                        seen.setdefault(g, []).append(n)
+                groups += [tuple(m) for m in seen.values() if len(m) < len(self._names)]
+        return list(dict.fromkeys(groups))
+
+    def _choose(self, ledger: Ledger, table: Mapping[str, Any], key: Key, budget: float, ratio: float,
+                dense: float) -> tuple[tuple[Key, float] | None, list[Key]]:
+        """The candidate step with the most measured sparsity gained per measured loss-ratio increase
+        (and its predicted saliency), or the candidates not measured yet."""
+        candidates: dict[Key, float] = {}  # step -> its predicted saliency, in group order
+        for group in self._groups:
+            step = self._propose(table, key, budget, RETRIES, group)
+            if step is not None:
+                candidates.setdefault(step[0], step[1])
+        unmeasured = [k for k in candidates if ledger.get(k) is None]
+        if unmeasured:
+            return None, unmeasured
+        here = ledger.get(key)
+        best, most = None, -float("inf")
+        for k, predicted in candidates.items():  # in group order: ties keep the earlier group
+            result, r = ledger.get(k), self._ratio(ledger, k, dense)
+            if result is None or r is None or result.sparsity is None or here is None or here.sparsity is None:
+                continue  # a failed candidate is not taken
+            value = (result.sparsity - here.sparsity) / max(r - ratio, 1e-9 * self._step)
+            if value > most:
+                best, most = (k, predicted), value
+        return best, []
+
+    def _propose(self, table: Mapping[str, Any], key: Key, budget: float, retries: int,
+                 group: Sequence[str] | None = None) -> tuple[Key, float] | None:
         """The step from `key` with the most predicted gain within `budget` saliency (doubled up to
-        `retries` times while nothing fits), and its predicted saliency; None when nothing moves."""
-        scores = {p: {float(lv): float(s) for lv, s in table["scores"].get(p, [])} for p in self._names}
-        gains = {p: {float(lv): float(g) for lv, g in table["gains"].get(p, [])} for p in self._names}
+        `retries` times while nothing fits), moving only `group` (default all), and its predicted
+        saliency; None when nothing moves."""
+        members = set(self._names if group is None else group)
+        scores = {p: {float(lv): float(s) for lv, s in table["scores"].get(p, [])} if p in members else {}
+                  for p in self._names}
+        gains = {p: {float(lv): float(g) for lv, g in table["gains"].get(p, [])} if p in members else {}
+                 for p in self._names}
         current = self._params(key)
         inc, gain = allocation.increment_tables(scores, gains, current)
         for _ in range(retries + 1):
@@ -241,7 +298,13 @@ class SaliencyPathSampler(StampedSampler):
                 budget = first_budget
             else:
                 budget = self._step / max(scale, 1e-300)
-            step = self._propose(table, key, budget, RETRIES)
+            if scale is None or len(self._groups) == 1:
+                step = self._propose(table, key, budget, RETRIES)
+            else:
+                step, unmeasured = self._choose(ledger, table, key, budget, ratio, dense.loss)
+                if unmeasured:  # the point's candidate steps, all at once
+                    plan.issue.extend(Next(k, "candidate") for k in unmeasured)
+                    return plan
             if step is None:
                 break
             ratio_before, (key, predicted) = ratio, step

@@ -19,7 +19,7 @@ import builtins
 import inspect
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import optuna
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationInfo, create_model, field_validator
@@ -244,6 +244,7 @@ class SaliencyPathOptions(_Options):
     max_loss_ratio: float = Field(1.1, gt=1)
     targets: LossRatios = Field(default_factory=list)  # loss ratios to land on after the path
     max_steps: int = Field(100, ge=1)
+    steps: Literal["single", "blocks"] = "single"  # blocks: candidate steps per point, measured as wholes
     loss_key: str = "calibration_loss"
     warn_independent_sampling: bool = True
 
