@@ -11,7 +11,7 @@ from optuna.logging import get_logger
 
 from thresh_opt import compat, keys
 from thresh_opt.samplers import allocation
-from thresh_opt.samplers._greedy_state import block_of, budgets
+from thresh_opt.samplers._greedy_state import block_of, budgets, default_kind
 from thresh_opt.samplers._replay import Ledger, read_ledger
 from thresh_opt.samplers._stamped import StampedSampler, finite, positive_levels
 
@@ -24,6 +24,7 @@ if TYPE_CHECKING:
 
     from thresh_opt.samplers._greedy_state import Acceptance
     from thresh_opt.samplers._replay import Key
+    from thresh_opt.samplers.allocation import Table
 
 _logger = get_logger(__name__)
 
@@ -202,10 +203,8 @@ class SaliencyPathSampler(StampedSampler):
         block and each family with more than one member and not every parameter."""
         groups = [self._names]
         if steps == "blocks":
-            def family(name: str) -> str | None:
-                parts = name.split(".")
-                at = next((i for i, x in enumerate(parts) if x.isdigit()), None)
-                return parts[at + 1] if at is not None and at + 1 < len(parts) else None
+            def family(name: str) -> str | None:  # "blocks.3.att.key" -> "att"
+                return default_kind(name).split(".")[0] if block_of(name) is not None else None
 
             for label in (block_of, family):
                 seen: dict[Any, list[str]] = {}
@@ -215,43 +214,46 @@ class SaliencyPathSampler(StampedSampler):
                 groups += [tuple(m) for m in seen.values() if len(m) < len(self._names)]
         return list(dict.fromkeys(groups))
 
-    def _choose(self, ledger: Ledger, table: Mapping[str, Any], key: Key, budget: float, ratio: float,
+    def _choose(self, ledger: Ledger, inc: Table, gain: Table, key: Key, budget: float, ratio: float,
                 dense: float) -> tuple[tuple[Key, float] | None, list[Key]]:
         """The candidate step with the most measured sparsity gained per measured loss-ratio increase
         (and its predicted saliency), or the candidates not measured yet."""
         candidates: dict[Key, float] = {}  # step -> its predicted saliency, in group order
         for group in self._groups:
-            step = self._propose(table, key, budget, RETRIES, group)
+            step = self._propose(inc, gain, key, budget, RETRIES, group)
             if step is not None:
                 candidates.setdefault(step[0], step[1])
         unmeasured = [k for k in candidates if ledger.get(k) is None]
         if unmeasured:
             return None, unmeasured
         here = ledger.get(key)
+        if here is None or here.sparsity is None:
+            return None, []  # no measured sparsity to compare with: the path ends here
         best, most = None, -float("inf")
         for k, predicted in candidates.items():  # in group order: ties keep the earlier group
             result, r = ledger.get(k), self._ratio(ledger, k, dense)
-            if result is None or r is None or result.sparsity is None or here is None or here.sparsity is None:
+            if result is None or r is None or result.sparsity is None:
                 continue  # a failed candidate is not taken
             value = (result.sparsity - here.sparsity) / max(r - ratio, 1e-9 * self._step)
             if value > most:
                 best, most = (k, predicted), value
         return best, []
 
-    def _propose(self, table: Mapping[str, Any], key: Key, budget: float, retries: int,
+    def _increments(self, table: Mapping[str, Any], key: Key) -> tuple[Table, Table]:
+        """The knapsack of a step from `key` on its saliency table (read once per point)."""
+        scores, gains = allocation.scored_tables(table, self._levels)
+        return allocation.increment_tables(scores, gains, self._params(key))
+
+    def _propose(self, inc: Table, gain: Table, key: Key, budget: float, retries: int,
                  group: Sequence[str] | None = None) -> tuple[Key, float] | None:
         """The step from `key` with the most predicted gain within `budget` saliency (doubled up to
         `retries` times while nothing fits), moving only `group` (default all), and its predicted
         saliency; None when nothing moves."""
-        members = set(self._names if group is None else group)
-        scores = {p: {float(lv): float(s) for lv, s in table["scores"].get(p, [])} if p in members else {}
-                  for p in self._names}
-        gains = {p: {float(lv): float(g) for lv, g in table["gains"].get(p, [])} if p in members else {}
-                 for p in self._names}
+        members = self._names if group is None else group
+        points = allocation.front({p: inc[p] for p in members}, {p: gain[p] for p in members})
         current = self._params(key)
-        inc, gain = allocation.increment_tables(scores, gains, current)
         for _ in range(retries + 1):
-            pick = allocation.lagrangian_within(inc, budget, gain)
+            pick = allocation.within(points, budget)
             if pick is not None:
                 nxt = allocation.stepped(current, pick)
                 new = tuple(nxt[n] for n in self._names)
@@ -290,18 +292,17 @@ class SaliencyPathSampler(StampedSampler):
             if table is None:
                 plan.issue.append(Next(key, "path"))  # measured without its table: again, with it
                 return plan
+            inc, gain = self._increments(table, key)
             if scale is None:  # calibrate: a small share of the front, ten times more after each flat step
-                whole = allocation.front(*allocation.increment_tables(
-                    {p: dict(map(tuple, table["scores"].get(p, []))) for p in self._names},
-                    {p: dict(map(tuple, table["gains"].get(p, []))) for p in self._names}, self._params(key)))
-                first_budget = FIRST_SHARE * whole[-1].loss if first_budget is None else first_budget * 10
+                whole = allocation.front(inc, gain)[-1].loss
+                first_budget = FIRST_SHARE * whole if first_budget is None else first_budget * 10
                 budget = first_budget
             else:
                 budget = self._step / max(scale, 1e-300)
             if scale is None or len(self._groups) == 1:
-                step = self._propose(table, key, budget, RETRIES)
+                step = self._propose(inc, gain, key, budget, RETRIES)
             else:
-                step, unmeasured = self._choose(ledger, table, key, budget, ratio, dense.loss)
+                step, unmeasured = self._choose(ledger, inc, gain, key, budget, ratio, dense.loss)
                 if unmeasured:  # the point's candidate steps, all at once
                     plan.issue.extend(Next(k, "candidate") for k in unmeasured)
                     return plan
@@ -326,8 +327,9 @@ class SaliencyPathSampler(StampedSampler):
             gap = target - start.ratio
             if below[-1] == len(plan.path) - 1 or scale is None or gap < LANDED * self._step:
                 continue  # the path never went past it, or it is close enough already
+            inc, gain = self._increments(tables[start.key], start.key)
             for attempt in range(LANDING_TRIES):
-                step = self._propose(tables[start.key], start.key, gap / scale / 2**attempt, 0)
+                step = self._propose(inc, gain, start.key, gap / scale / 2**attempt, 0)
                 if step is None:
                     break
                 ratio = self._ratio(ledger, step[0], dense)

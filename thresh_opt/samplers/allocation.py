@@ -107,9 +107,15 @@ def hull(points: Sequence[tuple[float, float, float]]) -> list[tuple[float, floa
         out.append(max(later, key=lambda t: ((t[2] - g0) / (t[1] - c0), -t[1], -t[0])))
 
 
-def _total(pts: Mapping[str, list[tuple[float, float, float]]], levels: Mapping[str, float],
+_Point = tuple[float, float, float]  # (level, loss, gain)
+
+
+def _by_level(pts: Mapping[str, list[_Point]]) -> dict[str, dict[float, _Point]]:
+    return {p: {t[0]: t for t in ts} for p, ts in pts.items()}
+
+
+def _total(by_level: Mapping[str, Mapping[float, _Point]], levels: Mapping[str, float],
            lam: float | None) -> Allocation:
-    by_level = {p: {t[0]: t for t in ts} for p, ts in pts.items()}
     gain = sum(by_level[p][lv][2] for p, lv in levels.items())
     loss = sum(by_level[p][lv][1] for p, lv in levels.items())
     return Allocation(dict(levels), gain, loss, lam)
@@ -134,7 +140,7 @@ def choose(table: Mapping[str, Mapping[float, float]], lam: float,
         raise ValueError(f"the multiplier must be > 0, got {lam!r}")
     pts = _points(table, gains, weights)
     levels = {p: max(ts, key=lambda t: (t[2] - lam * t[1], -t[1], -t[0]))[0] for p, ts in pts.items()}
-    return _total(pts, levels, lam)
+    return _total(_by_level(pts), levels, lam)
 
 
 def front(table: Mapping[str, Mapping[float, float]], gains: Mapping[str, Mapping[float, float]] | None = None, *,
@@ -165,10 +171,11 @@ def front(table: Mapping[str, Mapping[float, float]], gains: Mapping[str, Mappin
             steps.append(((hi[2] - lo[2]) / (hi[1] - lo[1]), i, j, p, hi[0]))
     steps.sort(key=lambda s: (-s[0], s[1], s[2]))
     levels = {p: h[0][0] for p, h in hulls.items()}
-    path = [_total(pts, levels, math.inf)]
+    by_level = _by_level(pts)  # once: every point of the path sums over it
+    path = [_total(by_level, levels, math.inf)]
     for slope, _, _, p, level in steps:
         levels[p] = level
-        path.append(_total(pts, levels, slope))
+        path.append(_total(by_level, levels, slope))
     return path
 
 
@@ -177,7 +184,13 @@ def lagrangian_within(table: Mapping[str, Mapping[float, float]], budget: float,
                       weights: Mapping[str, float] | None = None) -> Allocation | None:
     """The front configuration with the most gain whose predicted loss increase is <= ``budget``
     (None when even the least-loss one exceeds it)."""
-    fits = [a for a in front(table, gains, weights=weights) if a.loss <= budget + _EPS]
+    return within(front(table, gains, weights=weights), budget)
+
+
+def within(points: Sequence[Allocation], budget: float) -> Allocation | None:
+    """The configuration of ``points`` (a :func:`front`, computed once for several budgets) with the most
+    gain whose predicted loss increase is <= ``budget`` (None when none is)."""
+    fits = [a for a in points if a.loss <= budget + _EPS]
     return max(fits, key=lambda a: (a.gain, -a.loss)) if fits else None
 
 
@@ -224,7 +237,7 @@ def exact_within(table: Mapping[str, Mapping[float, float]], budget: float,
         gain, chosen = nxt_gain, nxt_chosen
     if gain[units] == -math.inf:
         return None
-    return _total(pts, dict(zip(pts, chosen[units])), None)
+    return _total(_by_level(pts), dict(zip(pts, chosen[units])), None)
 
 
 def spread(points: Sequence[Allocation], k: int) -> list[Allocation]:

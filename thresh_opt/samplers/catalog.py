@@ -363,7 +363,14 @@ def _chain(options: ChainOptions, ctx: BuildContext) -> ChainSampler:
     return ChainSampler([_build(stage.name, stage.options, ctx) for stage in options.stages])
 
 
+def _first_stage(options: dict[str, Any]) -> dict[str, Any] | None:
+    """The stage whose statistics a chain uses: the first (its trials come first, and its tables, if it
+    reads any, assume its mapping)."""
+    stages = options.get("stages")
+    return stages[0] if stages else None
+
+
 # levels=True: its stepped stages walk the levels (statistics default to sequential, as theirs do)
-SAMPLERS.register("chain", ChainSampler, ChainOptions, levels=True, build=_chain,
+SAMPLERS.register("chain", ChainSampler, ChainOptions, levels=True, build=_chain, statistics_from=_first_stage,
                   description="several samplers one after another on one study (e.g. a quick sensitivity run, "
                               "then a full one)")

@@ -74,11 +74,11 @@ class SearchSpaceConfig(_Strict):
         if self.statistics != "auto":
             return self.statistics
         choice = sampler if isinstance(sampler, SamplerConfig) else SamplerConfig(name=sampler)
-        stages = choice.options.get("stages") if choice.name == "chain" else None
-        if stages and isinstance(stages[0], dict) and "name" in stages[0]:
-            # a chain maps as its first stage does: its trials come first, and its tables may assume it
-            return self.statistics_for(SamplerConfig(name=stages[0]["name"], options=stages[0].get("options", {})))
-        own = SAMPLERS[choice.name].meta.get("statistics")  # a sampler whose tables assume one mapping
+        meta = SAMPLERS[choice.name].meta
+        delegate = meta.get("statistics_from")  # a sampler that maps as one of its parts does (a chain)
+        if delegate is not None and (part := delegate(choice.options)) is not None:
+            return self.statistics_for(SamplerConfig(**part))
+        own = meta.get("statistics")  # a sampler whose tables assume one mapping
         return own if own is not None else "sequential" if walks_levels(choice.name) else "dense"
 
     @field_validator("levels")
