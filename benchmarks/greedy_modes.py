@@ -3,6 +3,7 @@ study.
 
     python benchmarks/greedy_modes.py [--models embedded:rwkv4-tiny,embedded:opt-tiny] [--count 8]
                                       [--ctx-len 128] [--loss-inc 1.002] [--threads 2] [--no-study]
+                                      [--ways early,early2,early3]
 
 Paper mode is the published procedure (design.md 1.3): a full calibration pass per module for its
 statistics, a full pass per candidate. Fast mode evaluates incrementally (passes start at the block under
@@ -13,7 +14,8 @@ whole command (imports, model load, Optuna, MLflow, plots). Fast mode and the st
 choices. Early mode (fast with early rejection, one chunk per batch) may make others: its row says how many
 modules differ, and its final loss and sparsity are measured on the whole calibration set; `early` is the
 default test (z = 4 on both sides), `early2` the two-sided one (z_accept 2, z_reject 4, rejections from 3
-chunks).
+chunks), `early3` the same with z_reject 3. `--ways` picks some (paper and fast always run: the ratios are
+against them).
 """
 
 from __future__ import annotations
@@ -40,7 +42,8 @@ REPO = Path(__file__).resolve().parent.parent
 # (row, mode, early-rejection test): early2 is the two-sided test, lenient on acceptance
 # (thresh_opt.incremental.sequential: why two sides)
 WAYS = [("paper", "paper", None), ("fast", "fast", None), ("early", "early", None),
-        ("early2", "early", {"z_accept": 2.0, "z_reject": 4.0, "min_reject_chunks": 3})]
+        ("early2", "early", {"z_accept": 2.0, "z_reject": 4.0, "min_reject_chunks": 3}),
+        ("early3", "early", {"z_accept": 2.0, "z_reject": 3.0, "min_reject_chunks": 3})]
 
 
 def study(source: str, spec: CalibrationSpec, loss_inc: float, threads: int, folder: Path) -> dict:
@@ -70,7 +73,13 @@ def main() -> None:
     p.add_argument("--loss-inc", type=float, default=1.002)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--no-study", action="store_true", help="skip the study (the slowest way)")
+    p.add_argument("--ways", help="comma-separated early ways (default: all of them)")
     args = p.parse_args()
+    early_ways = [w for w, mode, _ in WAYS if mode == "early"]
+    chosen = args.ways.split(",") if args.ways else early_ways
+    if unknown := [w for w in chosen if w not in early_ways]:
+        sys.exit(f"--ways: unknown way {unknown[0]!r}; allowed: {', '.join(early_ways)}")
+    ways = [w for w in WAYS if w[1] != "early" or w[0] in chosen]
     torch.set_num_threads(args.threads)
     print(f"{'model':22} {'way':6} {'trials':>6} {'loss passes':>11} {'stats passes':>12} {'fwd-equiv':>9} "
           f"{'eval s':>7} {'wall s':>7} {'loss ratio':>10} {'sparsity':>8}")
@@ -78,14 +87,14 @@ def main() -> None:
         loaded = load_model(source)
         spec = CalibrationSpec(source="heldout", ctx_len=args.ctx_len, count=args.count)
         results = {}
-        for way, mode, test in WAYS:
+        for way, mode, test in ways:
             began = time.perf_counter()
             r = results[way] = greedy_search(loaded, spec, mode, args.loss_inc, early_test=test)
             print(f"{source:22} {way:6} {r.trials:6d} {r.cost.loss_passes:11d} {r.cost.stats_passes:12d} "
                   f"{r.cost.forward_equivalents:9.1f} {r.cost.seconds:7.1f} {time.perf_counter() - began:7.1f} "
                   f"{r.final_loss / r.dense_loss:10.4f} {r.sparsity:8.1%}")
         fast, paper = results["fast"], results["paper"]
-        for way in ("early", "early2"):
+        for way in chosen:
             early = results[way]
             early_differing = [n for n in early.levels if early.levels[n] != paper.levels[n]]
             print(f"{source:22} {way}/paper: {early.cost.forward_equivalents / paper.cost.forward_equivalents:.3f}x "

@@ -1,14 +1,16 @@
 """Every search strategy's front against the thresholds learned by training, side by side in one run.
 
-    python benchmarks/strategy_fronts.py [--only sensitivity,greedy,...] [--ratios 1.03,1.05,1.07]
-                                         [--out runs/strategy-fronts] [--threads 2]
+    python benchmarks/strategy_fronts.py [--model rwkv4|opt] [--only sensitivity,greedy,...]
+                                         [--ratios 1.03,1.05,1.07] [--out runs/strategy-fronts/MODEL]
+                                         [--threads 2]
 
-Each strategy is `thresh-opt study run` on `studies/embedded-rwkv4-front.yaml` (rwkv4-tiny, 8 x 128
-calibration tokens, objectives loss ratio and MAC-weighted sparsity) with its sampler, in its own process
-(so its peak memory is its own). At each calibration-loss ratio r the strategy's point is its sparsest
-trial with loss ratio <= r (a real configuration, not an interpolation), re-evaluated for held-out
-perplexity. The learned thresholds (`thresh-opt baseline train`, penalties 0.5 / 1 / 2, 200 steps) are
-evaluated alike; their sparsity at r is interpolated along their points. Results are kept in the output
+Each strategy is `thresh-opt study run` on `studies/embedded-rwkv4-front.yaml` (8 x 128 calibration tokens,
+objectives loss ratio and MAC-weighted sparsity) with its sampler, in its own process (so its peak memory is
+its own), on rwkv4-tiny or, with `--model opt`, on opt-tiny with the OPT search spaces. At each
+calibration-loss ratio r the strategy's point is its sparsest trial with loss ratio <= r (a real
+configuration, not an interpolation), re-evaluated for held-out perplexity. The learned thresholds
+(`thresh-opt baseline train`, penalties 0.5 / 1 / 2, 200 steps) are evaluated alike; their sparsity at r
+is interpolated along their points. Results are kept in the output
 folder, so a second run only adds what is missing (`--fresh` starts over).
 """
 
@@ -36,9 +38,10 @@ from thresh_opt.objectives import Evaluator
 
 REPO = Path(__file__).resolve().parent.parent
 TEMPLATE = REPO / "studies" / "embedded-rwkv4-front.yaml"
-PER_MODULE = str(REPO / "search_spaces" / "rwkv4-per-module.yaml")
-PER_MODULE_FINE = str(REPO / "search_spaces" / "rwkv4-per-module-fine.yaml")  # levels up to 0.99
-PER_KIND = str(REPO / "search_spaces" / "rwkv4-per-kind.yaml")
+# the search spaces by role: one parameter per module (the paper's levels), the same with levels up to 0.99,
+# one per module kind; named per model as "<prefix>-<role>.yaml" in search_spaces/
+PER_MODULE, PER_MODULE_FINE, PER_KIND = "per-module", "per-module-fine", "per-kind"
+MODELS = {"rwkv4": ("embedded:rwkv4-tiny", "rwkv4"), "opt": ("embedded:opt-tiny", "opt")}
 PENALTIES = (0.5, 1.0, 2.0)
 TRAIN_STEPS = 200
 RATIOS = [1.03, 1.05, 1.07]
@@ -75,12 +78,14 @@ STRATEGIES: dict[str, tuple[dict[str, Any], str, int]] = {
 FE_CAP = 240.0
 
 
-def run_strategy(label: str, folder: Path, threads: int) -> dict[str, Any]:
-    """`thresh-opt study run` for one strategy; its trials' (loss ratio, sparsity, thresholds), cost,
-    wall seconds and peak memory."""
-    sampler, space, trials = STRATEGIES[label]
+def run_strategy(label: str, model: str, folder: Path, threads: int) -> dict[str, Any]:
+    """`thresh-opt study run` for one strategy on one model (a MODELS key); its trials' (loss ratio,
+    sparsity, thresholds), cost, wall seconds and peak memory."""
+    sampler, role, trials = STRATEGIES[label]
+    source, prefix = MODELS[model]
     cfg = yaml.safe_load(TEMPLATE.read_text())
-    cfg |= {"name": f"fronts-{label}", "sampler": sampler, "search_space": space, "trials": trials,
+    cfg |= {"name": f"fronts-{label}", "model": {"source": source}, "sampler": sampler,
+            "search_space": str(REPO / "search_spaces" / f"{prefix}-{role}.yaml"), "trials": trials,
             "run_dir": str(folder / "run"), "max_forward_equivalents": FE_CAP * 3}
     if sampler["name"] in ("tpe", "nsga2", "random"):
         cfg["max_forward_equivalents"] = FE_CAP
@@ -115,8 +120,8 @@ def best_at(points: list[dict[str, Any]], ratio: float) -> dict[str, Any] | None
     return max(within, key=lambda p: p["sparsity"]) if within else None
 
 
-def learned(folder: Path, threads: int) -> list[dict[str, Any]]:
-    """The learned thresholds at each penalty (trained once, then kept)."""
+def learned(source: str, folder: Path, threads: int) -> list[dict[str, Any]]:
+    """The model's learned thresholds at each penalty (trained once, then kept)."""
     kept = folder / "learned.json"
     if kept.exists():
         return json.loads(kept.read_text())
@@ -124,7 +129,7 @@ def learned(folder: Path, threads: int) -> list[dict[str, Any]]:
     os.environ["OMP_NUM_THREADS"] = str(threads)
     made = []
     for penalty in PENALTIES:
-        _, setting, path, cost = bc.trained_point("embedded:rwkv4-tiny", penalty, TRAIN_STEPS, folder,
+        _, setting, path, cost = bc.trained_point(source, penalty, TRAIN_STEPS, folder,
                                                   ["--count", "8", "--ctx-len", "128"], [])
         made.append({"setting": setting, "file": str(path), **cost})
     kept.write_text(json.dumps(made, indent=1))
@@ -134,13 +139,16 @@ def learned(folder: Path, threads: int) -> list[dict[str, Any]]:
 def main() -> None:
     """Run what is missing, then print the table (Markdown) and write it with the raw results."""
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--model", choices=list(MODELS), default="rwkv4")
     p.add_argument("--only", help="comma-separated strategy labels (default: all)")
     p.add_argument("--ratios", default=",".join(f"{r:g}" for r in RATIOS))
-    p.add_argument("--out", type=Path, default=REPO / "runs" / "strategy-fronts")
+    p.add_argument("--out", type=Path, help="results folder (default: runs/strategy-fronts/MODEL)")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--fresh", action="store_true", help="forget kept results")
     args = p.parse_args()
     ratios = [float(r) for r in args.ratios.split(",")]
+    source = MODELS[args.model][0]
+    args.out = args.out or REPO / "runs" / "strategy-fronts" / args.model
     labels = args.only.split(",") if args.only else list(STRATEGIES)
     unknown = [x for x in labels if x not in STRATEGIES]
     if unknown:
@@ -150,11 +158,11 @@ def main() -> None:
         kept = args.out / label / "result.json"
         if args.fresh or not kept.exists():
             kept.parent.mkdir(parents=True, exist_ok=True)
-            kept.write_text(json.dumps(run_strategy(label, args.out / label, args.threads)))
+            kept.write_text(json.dumps(run_strategy(label, args.model, args.out / label, args.threads)))
         results[label] = json.loads(kept.read_text())
-    trained = learned(args.out / "learned", args.threads)
+    trained = learned(source, args.out / "learned", args.threads)
 
-    loaded = load_model("embedded:rwkv4-tiny")
+    loaded = load_model(source)
     evaluator = Evaluator(loaded, ["loss_ratio", "perplexity", "sparsity"],
                           calibration=CalibrationSpec(source="heldout", ctx_len=128, count=8))
     for t in trained:

@@ -144,3 +144,19 @@ def test_greedy_command_runs_early_mode(capsys):
     assert code == 0
     result = json.loads(capsys.readouterr().out)["results"]["early"]
     assert result["mode"] == "early" and result["cost"]["loss_batches"] > 0
+    # --early-test reaches the screens: no decision before the last of the 4 batches measures every batch
+    # of every candidate (each candidate's batches are a multiple of 4; the default test stops some sooner)
+    exact = ["greedy", "embedded:rwkv4-tiny", "--mode", "early", "--ctx-len", "32", "--count", "4",
+             "--levels", "0.3,0.6,0.9", "--loss-inc", "1.003", "--json"]
+    assert main([*exact, "--early-test", "min_chunks=4"]) == 0
+    full = json.loads(capsys.readouterr().out)["results"]["early"]
+    assert full["cost"]["loss_batches"] > result["cost"]["loss_batches"]
+    assert full["cost"]["loss_batches"] % 4 == 0
+    for bad, says in (("z_accept=0", "--early-test: z_accept: Input should be greater than 0"),
+                      ("z=2", "allowed: z_accept, z_reject, min_chunks, min_reject_chunks"),
+                      ("min_chunks=2.5", "--early-test: min_chunks")):
+        assert main([*exact, "--early-test", bad]) == 2
+        err = capsys.readouterr().err
+        assert says in err and "Traceback" not in err
+    assert main(["greedy", "embedded:rwkv4-tiny", "--early-test", "z_accept=2"]) == 2
+    assert "only with --mode early" in capsys.readouterr().err

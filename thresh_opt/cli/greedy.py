@@ -26,6 +26,17 @@ def _levels(text: str) -> list[float]:
     return levels
 
 
+def _early_test(text: str) -> dict[str, float]:
+    """`z_accept=2,z_reject=3` -> the mapping a study file's `evaluation.early_rejection` takes."""
+    pairs = [item.split("=", 1) for item in text.split(",") if item.strip()]
+    if not pairs or any(len(pair) != 2 for pair in pairs):
+        raise argparse.ArgumentTypeError(f"{text!r}: comma-separated key=value, like z_accept=2,z_reject=3")
+    try:
+        return {key.strip(): float(value) for key, value in pairs}
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: every value must be a number") from None
+
+
 def register(groups: argparse._SubParsersAction) -> None:
     """Add the `greedy` command."""
     p = groups.add_parser("greedy", help="run the published greedy threshold search on a model "
@@ -43,6 +54,9 @@ def register(groups: argparse._SubParsersAction) -> None:
     p.add_argument("--no-warm-start", action="store_true", help="plain scan from the lowest candidate for every module")
     p.add_argument("--keep-first", action="store_true", help="the public code's quirk: keep a failing first candidate")
     p.add_argument("--batch-size", type=int, help="chunks per forward call (default 8; 1 in early mode)")
+    p.add_argument("--early-test", type=_early_test, metavar="KEY=VALUE,...",
+                   help="early mode's sequential test, as `evaluation.early_rejection` in a study file: "
+                        "z_accept, z_reject, min_chunks, min_reject_chunks (default 4, 4, 2, 2)")
     p.add_argument("--output", type=Path, help="write the chosen thresholds (JSON) here, for `thresh-opt evaluate`")
     p.add_argument("--json", action="store_true", help="one JSON object on stdout")
     p.set_defaults(func=cmd_greedy)
@@ -64,6 +78,7 @@ def cmd_greedy(args: argparse.Namespace) -> int:
         raise UserError(f"--loss-inc: {exc}") from None
     if args.batch_size is not None and args.batch_size < 1:
         raise UserError("--batch-size: must be >= 1")
+    early_test = _checked_early_test(args.early_test, args.mode)
     spec = spec_from_args(args)
     loaded = load_from_args(args)
     chunks = calibration_chunks(loaded, spec, args.cache_dir)
@@ -74,7 +89,8 @@ def cmd_greedy(args: argparse.Namespace) -> int:
             task = progress.add_task(f"greedy ({mode} mode)", total=len(loaded.thresholded.names))
             results[mode] = greedy_search(
                 loaded, spec, mode, args.loss_inc, args.levels, not args.no_warm_start, args.keep_first,
-                args.batch_size, on_module=partial(_advance, progress, task), cache_dir=args.cache_dir)
+                args.batch_size, on_module=partial(_advance, progress, task), cache_dir=args.cache_dir,
+                early_test=early_test)
     last = results[modes[-1]]
     if args.output:
         args.output.write_text(json.dumps(last.thresholds, indent=1))
@@ -102,6 +118,25 @@ def cmd_greedy(args: argparse.Namespace) -> int:
     if args.output:
         console.print(f"thresholds: {args.output}", highlight=False)
     return 0
+
+
+def _checked_early_test(given: dict[str, float] | None, mode: str) -> dict[str, float] | None:
+    """The test's settings checked as a study file's are (one model, :class:`EarlyRejection`)."""
+    if given is None:
+        return None
+    if mode != "early":
+        raise UserError(f"--early-test: only with --mode early (got --mode {mode})")
+    import pydantic
+
+    from thresh_opt.study.config import EarlyRejection
+
+    try:
+        return EarlyRejection.model_validate(given).model_dump()
+    except pydantic.ValidationError as exc:
+        err = exc.errors()[0]
+        field = ".".join(str(x) for x in err["loc"])
+        allowed = f"; allowed: {', '.join(EarlyRejection.model_fields)}" if err["type"] == "extra_forbidden" else ""
+        raise UserError(f"--early-test: {field}: {err['msg']}{allowed}") from None
 
 
 def _compare(results: dict[str, Any]) -> dict[str, Any]:
