@@ -10,8 +10,8 @@ its own), on rwkv4-tiny or, with `--model opt`, on opt-tiny with the OPT search 
 calibration-loss ratio r the strategy's point is its sparsest trial with loss ratio <= r (a real
 configuration, not an interpolation), re-evaluated for held-out perplexity. The learned thresholds
 (`thresh-opt baseline train`, penalties 0.5 / 1 / 2, 200 steps) are evaluated alike; their sparsity at r
-is interpolated along their points. Results are kept in the output
-folder, so a second run only adds what is missing (`--fresh` starts over).
+is interpolated along their points. Results are kept in the output folder, so a second run only adds
+what is missing (`--fresh` starts over).
 """
 
 from __future__ import annotations
@@ -39,9 +39,9 @@ from thresh_opt.objectives import Evaluator
 REPO = Path(__file__).resolve().parent.parent
 TEMPLATE = REPO / "studies" / "embedded-rwkv4-front.yaml"
 # the search spaces by role: one parameter per module (the paper's levels), the same with levels up to 0.99,
-# one per module kind; named per model as "<prefix>-<role>.yaml" in search_spaces/
+# one per module kind; named per model as "<model>-<role>.yaml" in search_spaces/
 PER_MODULE, PER_MODULE_FINE, PER_KIND = "per-module", "per-module-fine", "per-kind"
-MODELS = {"rwkv4": ("embedded:rwkv4-tiny", "rwkv4"), "opt": ("embedded:opt-tiny", "opt")}
+MODELS = {"rwkv4": "embedded:rwkv4-tiny", "opt": "embedded:opt-tiny"}
 PENALTIES = (0.5, 1.0, 2.0)
 TRAIN_STEPS = 200
 RATIOS = [1.03, 1.05, 1.07]
@@ -82,10 +82,9 @@ def run_strategy(label: str, model: str, folder: Path, threads: int) -> dict[str
     """`thresh-opt study run` for one strategy on one model (a MODELS key); its trials' (loss ratio,
     sparsity, thresholds), cost, wall seconds and peak memory."""
     sampler, role, trials = STRATEGIES[label]
-    source, prefix = MODELS[model]
     cfg = yaml.safe_load(TEMPLATE.read_text())
-    cfg |= {"name": f"fronts-{label}", "model": {"source": source}, "sampler": sampler,
-            "search_space": str(REPO / "search_spaces" / f"{prefix}-{role}.yaml"), "trials": trials,
+    cfg |= {"name": f"fronts-{label}", "model": {"source": MODELS[model]}, "sampler": sampler,
+            "search_space": str(REPO / "search_spaces" / f"{model}-{role}.yaml"), "trials": trials,
             "run_dir": str(folder / "run"), "max_forward_equivalents": FE_CAP * 3}
     if sampler["name"] in ("tpe", "nsga2", "random"):
         cfg["max_forward_equivalents"] = FE_CAP
@@ -147,7 +146,7 @@ def main() -> None:
     p.add_argument("--fresh", action="store_true", help="forget kept results")
     args = p.parse_args()
     ratios = [float(r) for r in args.ratios.split(",")]
-    source = MODELS[args.model][0]
+    source = MODELS[args.model]
     args.out = args.out or REPO / "runs" / "strategy-fronts" / args.model
     labels = args.only.split(",") if args.only else list(STRATEGIES)
     unknown = [x for x in labels if x not in STRATEGIES]

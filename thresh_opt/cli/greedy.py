@@ -121,22 +121,15 @@ def cmd_greedy(args: argparse.Namespace) -> int:
 
 
 def _checked_early_test(given: dict[str, float] | None, mode: str) -> dict[str, float] | None:
-    """The test's settings checked as a study file's are (one model, :class:`EarlyRejection`)."""
+    """The test's settings checked as a study file's `evaluation.early_rejection` is."""
     if given is None:
         return None
     if mode != "early":
         raise UserError(f"--early-test: only with --mode early (got --mode {mode})")
-    import pydantic
-
+    from thresh_opt.config import validate
     from thresh_opt.study.config import EarlyRejection
 
-    try:
-        return EarlyRejection.model_validate(given).model_dump()
-    except pydantic.ValidationError as exc:
-        err = exc.errors()[0]
-        field = ".".join(str(x) for x in err["loc"])
-        allowed = f"; allowed: {', '.join(EarlyRejection.model_fields)}" if err["type"] == "extra_forbidden" else ""
-        raise UserError(f"--early-test: {field}: {err['msg']}{allowed}") from None
+    return validate(given, EarlyRejection, "--early-test").model_dump()
 
 
 def _compare(results: dict[str, Any]) -> dict[str, Any]:
