@@ -51,15 +51,16 @@ def saliency_of(params):
             "gains": {n: [[lv, MACS[n] * lv] for lv in FINE[1:]] for n in NAMES}}
 
 
-def run(study, sampler, max_trials=100):
+def run(study, sampler, max_trials=100, loss=loss_of):
+    """Drive the study; the tables always predict the additive `loss_of`, `loss` is what is measured."""
     dists = {n: CategoricalDistribution(c) for n, c in sampler.search_space.items()}
     while not sampler.is_finished(study) and len(study.trials) < max_trials:
         trial = study.ask(dists)
         if sampler.wants_saliency(study, trial.number):
             trial.set_user_attr(keys.SALIENCY, saliency_of(trial.params))
-        trial.set_user_attr("calibration_loss", loss_of(trial.params))
+        trial.set_user_attr("calibration_loss", loss(trial.params))
         trial.set_user_attr("sparsity", sparsity_of(trial.params))
-        study.tell(trial, [loss_of(trial.params), sparsity_of(trial.params)])
+        study.tell(trial, [loss(trial.params), sparsity_of(trial.params)])
 
 
 def test_the_path_calibrates_its_scale_and_lands_on_the_targets():
@@ -103,6 +104,31 @@ def test_the_path_calibrates_its_scale_and_lands_on_the_targets():
         values=[DENSE_LOSS, sparsity_of(dict.fromkeys(NAMES, 0.0))], user_attrs={"calibration_loss": DENSE_LOSS}))
     trial = copy.ask({n: CategoricalDistribution(FINE) for n in NAMES})
     assert trial.params == dict.fromkeys(NAMES, 0.0) and copy.sampler.wants_saliency(copy, trial.number)
+
+
+def dead_zone_loss(params):
+    """Flat until the additive loss increase reaches 1e-4 of the dense loss, then 200 times steeper: the
+    first calibration step measures nothing and the next one (ten times its budget) overshoots."""
+    excess = loss_of(params) / DENSE_LOSS - 1
+    return DENSE_LOSS * (1 + 200 * max(0.0, excess - 1e-4))
+
+
+def test_a_calibration_step_that_overshoots_is_stepped_again_from_the_last_point():
+    sampler = SaliencyPathSampler(dict.fromkeys(NAMES, FINE), step=0.005, max_loss_ratio=1.03, targets=[1.02])
+    study = new_study(sampler, optuna.storages.InMemoryStorage())
+    study.enqueue_trial(dict.fromkeys(NAMES, 0.0))
+    run(study, sampler, loss=dead_zone_loss)
+    assert sampler.is_finished(study)
+    path = [t for t in study.trials if t.system_attrs.get(ROLE) == "path"]
+    ratios = [dead_zone_loss(t.params) / DENSE_LOSS for t in path]
+    assert ratios[0] == 1.0 and ratios[1] > 1.03  # the flat step, then the overshoot
+    plan = sampler.plan(study)
+    kept = [dead_zone_loss(dict(zip(NAMES, p.key))) / DENSE_LOSS for p in plan.path]
+    # the overshoot is not a path point: the path goes on from the flat point with the scale it measured
+    assert plan.path[1].key == tuple(path[0].params[n] for n in NAMES) and kept[2] <= 1.03
+    assert plan.path[2].key == tuple(path[2].params[n] for n in NAMES) and plan.path[2].scale is not None
+    assert kept == sorted(kept) and sum(1.0 < r <= 1.03 for r in kept) >= 2 and kept[-1] > 1.03
+    assert 1.0 < dead_zone_loss(dict(zip(NAMES, plan.landings[1.02]))) / DENSE_LOSS <= 1.02
 
 
 def test_block_steps_measure_candidate_steps_as_wholes_and_take_the_most_efficient():

@@ -279,15 +279,21 @@ class SaliencyPathSampler(StampedSampler):
                     plan.issue.append(Next(key, "path", None, expected))
                     return plan
                 break  # the step failed: the path ends before it
+            calibrating = scale is None
             if predicted is not None and ratio_before is not None and predicted > 0:
                 observed = max(0.0, (ratio - ratio_before) / predicted)
                 if scale is None:
                     scale = observed if observed > 0 else None
                 else:
                     scale = (1 - SMOOTHING) * scale + SMOOTHING * observed
-            plan.path.append(Point(key, ratio, scale))
-            if ratio > self._max or len(plan.path) > self._max_steps:
-                break
+            if ratio > self._max and calibrating and scale is not None and plan.path:
+                # A calibration step (its budget ten times the last flat one's) overshot: its scale is now
+                # known, so step again from the last point below instead of ending the path here.
+                key, ratio = plan.path[-1].key, plan.path[-1].ratio
+            else:
+                plan.path.append(Point(key, ratio, scale))
+                if ratio > self._max or len(plan.path) > self._max_steps:
+                    break
             table = tables.get(key)
             if table is None:
                 plan.issue.append(Next(key, "path"))  # measured without its table: again, with it
