@@ -70,6 +70,13 @@ STRATEGIES: dict[str, tuple[dict[str, Any], str, int]] = {
     # candidate steps per point (every parameter, each block, each family), measured as wholes
     "saliency-path-blocks": ({"name": "saliency_path", "options": {"max_loss_ratio": 1.075, "targets": RATIOS,
                                                                    "steps": "blocks"}}, PER_MODULE_FINE, 300),
+    # the same candidates measured lazily (the best-looking by its group's earlier value first); half steps
+    "saliency-path-lazy": ({"name": "saliency_path", "options": {"max_loss_ratio": 1.075, "targets": RATIOS,
+                                                                 "steps": "lazy"}}, PER_MODULE_FINE, 300),
+    "saliency-path-blocks-half": ({"name": "saliency_path", "options": {
+        "max_loss_ratio": 1.075, "targets": RATIOS, "steps": "blocks", "step": 0.0025}}, PER_MODULE_FINE, 500),
+    "saliency-path-lazy-half": ({"name": "saliency_path", "options": {
+        "max_loss_ratio": 1.075, "targets": RATIOS, "steps": "lazy", "step": 0.0025}}, PER_MODULE_FINE, 500),
     "blockwise": ({"name": "blockwise", "options": {"max_loss_ratio": 1.01}}, PER_MODULE, 600),
     "blocksearch": ({"name": "blocksearch"}, PER_MODULE, 150),
     "tpe": ({"name": "tpe"}, PER_KIND, 240),

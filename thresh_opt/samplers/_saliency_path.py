@@ -37,9 +37,12 @@ PREDICTED = "saliency_path:predicted"  # the loss ratio the step predicts (None 
 FIRST_SHARE = 1e-3  # the first step's saliency budget, as a share of the whole front's (no scale known yet)
 SMOOTHING = 0.5  # weight of the newest measured / predicted ratio in the running scale
 RETRIES = 6  # doublings of a step's budget while no level fits in it
+OVERSHOOT = 4  # a step past max_loss_ratio costing more than this many steps is taken again, smaller,
+RESTEPS = 3  # at most this many times per path
 LANDING_TRIES = 2  # tries per target, the step halved each time
 LANDED = 0.1  # a path point within this share of `step` below a target needs no landing
-STEPS = ("single", "blocks")  # one proposed step per point, or candidate steps measured as wholes
+STEPS = ("single", "blocks", "lazy")  # one proposed step per point, or candidate steps measured as wholes
+# (all of them, or lazily: the best-looking first)
 
 
 @dataclass
@@ -105,7 +108,10 @@ class SaliencyPathSampler(StampedSampler):
             the block: ``att``, ``ffn``), all sized to ``step``; they are evaluated as wholes (in parallel
             when there are workers) and the one with the most measured sparsity per measured loss-ratio
             increase is the next point (then evaluated again with its table). Several times the trials,
-            for steps priced by measurement rather than by adding saliencies.
+            for steps priced by measurement rather than by adding saliencies. ``"lazy"``: the same
+            candidates, measured one at a time, highest first by the value their group measured at an
+            earlier point, until the best measured one is worth at least every unmeasured one's earlier
+            value (lazy greedy: it assumes a group's value does not rise along the path).
         loss_key: the trial user attribute holding the loss.
         independent_sampler: samples parameters outside the search space (default: random).
         warn_independent_sampling: warn once per parameter sampled by ``independent_sampler``.
@@ -133,6 +139,7 @@ class SaliencyPathSampler(StampedSampler):
         self._max_steps = max_steps
         self._loss_key = loss_key
         self._groups = self._step_groups(steps)
+        self._lazy = steps == "lazy"
 
     # ---- the driver's interface (SteppedSampler) ---------------------------------------------------
 
@@ -202,7 +209,7 @@ class SaliencyPathSampler(StampedSampler):
         """The parameter groups a point proposes a step for: every parameter, then (``"blocks"``) each
         block and each family with more than one member and not every parameter."""
         groups = [self._names]
-        if steps == "blocks":
+        if steps != "single":
             def family(name: str) -> str | None:  # "blocks.3.att.key" -> "att"
                 return default_kind(name).split(".")[0] if block_of(name) is not None else None
 
@@ -215,29 +222,38 @@ class SaliencyPathSampler(StampedSampler):
         return list(dict.fromkeys(groups))
 
     def _choose(self, ledger: Ledger, inc: Table, gain: Table, key: Key, budget: float, ratio: float,
-                dense: float) -> tuple[tuple[Key, float] | None, list[Key]]:
+                dense: float, stale: dict[int, float]) -> tuple[tuple[Key, float] | None, list[Key]]:
         """The candidate step with the most measured sparsity gained per measured loss-ratio increase
-        (and its predicted saliency), or the candidates not measured yet."""
+        (and its predicted saliency), or the candidates to measure first. ``steps: lazy`` measures one at a
+        time, the unmeasured one whose group's value at an earlier point (``stale``, group index -> value,
+        updated here) is highest, until the best measured one is worth at least every other's stale value."""
         candidates: dict[Key, float] = {}  # step -> its predicted saliency, in group order
-        for group in self._groups:
+        groups: dict[Key, list[int]] = {}  # step -> the groups proposing it
+        for g, group in enumerate(self._groups):
             step = self._propose(inc, gain, key, budget, RETRIES, group)
             if step is not None:
                 candidates.setdefault(step[0], step[1])
+                groups.setdefault(step[0], []).append(g)
         unmeasured = [k for k in candidates if ledger.get(k) is None]
-        if unmeasured:
+        if unmeasured and not self._lazy:
             return None, unmeasured
         here = ledger.get(key)
         if here is None or here.sparsity is None:
             return None, []  # no measured sparsity to compare with: the path ends here
-        best, most = None, -float("inf")
-        for k, predicted in candidates.items():  # in group order: ties keep the earlier group
+        values: dict[Key, float] = {}
+        for k in candidates:  # in group order: ties keep the earlier group
             result, r = ledger.get(k), self._ratio(ledger, k, dense)
-            if result is None or r is None or result.sparsity is None:
-                continue  # a failed candidate is not taken
-            value = (result.sparsity - here.sparsity) / max(r - ratio, 1e-9 * self._step)
-            if value > most:
-                best, most = (k, predicted), value
-        return best, []
+            if result is not None and r is not None and result.sparsity is not None:  # failed: not taken
+                values[k] = (result.sparsity - here.sparsity) / max(r - ratio, 1e-9 * self._step)
+        best = max(values, key=lambda k: values[k], default=None)  # the first of equal values
+        if unmeasured:  # lazy: a group never measured has no bound, so it is measured
+            bound = {k: max(stale.get(g, float("inf")) for g in groups[k]) for k in unmeasured}
+            top = max(unmeasured, key=lambda k: bound[k])
+            if best is None or bound[top] > values[best]:
+                return None, [top]
+        for k, v in values.items():
+            stale.update(dict.fromkeys(groups[k], v))
+        return (None if best is None else (best, candidates[best])), []
 
     def _increments(self, table: Mapping[str, Any], key: Key) -> tuple[Table, Table]:
         """The knapsack of a step from `key` on its saliency table (read once per point)."""
@@ -272,6 +288,8 @@ class SaliencyPathSampler(StampedSampler):
         key, scale, predicted, ratio_before = dense_key, None, None, None
         expected: float | None = None  # the loss ratio the last step predicts, once the scale is known
         first_budget: float | None = None
+        stale: dict[int, float] = {}  # lazy steps: each group's value where it was last measured
+        resteps = 0
         while True:
             ratio = self._ratio(ledger, key, dense.loss)
             if ratio is None:
@@ -279,16 +297,18 @@ class SaliencyPathSampler(StampedSampler):
                     plan.issue.append(Next(key, "path", None, expected))
                     return plan
                 break  # the step failed: the path ends before it
-            calibrating = scale is None
             if predicted is not None and ratio_before is not None and predicted > 0:
                 observed = max(0.0, (ratio - ratio_before) / predicted)
                 if scale is None:
                     scale = observed if observed > 0 else None
                 else:
                     scale = (1 - SMOOTHING) * scale + SMOOTHING * observed
-            if ratio > self._max and calibrating and scale is not None and plan.path:
-                # A calibration step (its budget ten times the last flat one's) overshot: its scale is now
-                # known, so step again from the last point below instead of ending the path here.
+            if (ratio > self._max and plan.path and ratio_before is not None and resteps < RESTEPS
+                    and ratio - ratio_before > OVERSHOOT * self._step):
+                # The step cost many times what it was sized for (the scale came from steps that barely
+                # moved the loss, e.g. inputs that are zeros already): the scale now holds the jump, so
+                # step again from the point before it instead of ending the path there.
+                resteps += 1
                 key, ratio = plan.path[-1].key, plan.path[-1].ratio
             else:
                 plan.path.append(Point(key, ratio, scale))
@@ -308,7 +328,7 @@ class SaliencyPathSampler(StampedSampler):
             if scale is None or len(self._groups) == 1:
                 step = self._propose(inc, gain, key, budget, RETRIES)
             else:
-                step, unmeasured = self._choose(ledger, inc, gain, key, budget, ratio, dense.loss)
+                step, unmeasured = self._choose(ledger, inc, gain, key, budget, ratio, dense.loss, stale)
                 if unmeasured:  # the point's candidate steps, all at once
                     plan.issue.extend(Next(k, "candidate") for k in unmeasured)
                     return plan
