@@ -5,7 +5,7 @@ landings on target loss ratios."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal, get_args
 
 from optuna.logging import get_logger
 
@@ -41,8 +41,10 @@ OVERSHOOT = 4  # a step past max_loss_ratio costing more than this many steps is
 RESTEPS = 3  # at most this many times per path
 LANDING_TRIES = 2  # tries per target, the step halved each time
 LANDED = 0.1  # a path point within this share of `step` below a target needs no landing
-STEPS = ("single", "blocks", "lazy")  # one proposed step per point, or candidate steps measured as wholes
-# (all of them, or lazily: the best-looking first)
+# one proposed step per point, or candidate steps measured as wholes (all of them, or lazily: the
+# best-looking first); the study file's option type too
+StepMode = Literal["single", "blocks", "lazy"]
+STEPS: tuple[str, ...] = get_args(StepMode)
 
 
 @dataclass

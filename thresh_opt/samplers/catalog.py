@@ -19,7 +19,7 @@ import builtins
 import inspect
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any
 
 import optuna
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationInfo, create_model, field_validator
@@ -32,7 +32,7 @@ from thresh_opt.samplers._chain import ChainSampler
 from thresh_opt.samplers._greedy import GreedySampler
 from thresh_opt.samplers._greedy_state import budgets, tolerances
 from thresh_opt.samplers._hybrid import HybridSampler
-from thresh_opt.samplers._saliency_path import SaliencyPathSampler
+from thresh_opt.samplers._saliency_path import SaliencyPathSampler, StepMode
 from thresh_opt.samplers._sensitivity import Probes, SensitivitySampler
 
 
@@ -244,7 +244,7 @@ class SaliencyPathOptions(_Options):
     max_loss_ratio: float = Field(1.1, gt=1)
     targets: LossRatios = Field(default_factory=list)  # loss ratios to land on after the path
     max_steps: int = Field(100, ge=1)
-    steps: Literal["single", "blocks"] = "single"  # blocks: candidate steps per point, measured as wholes
+    steps: StepMode = "single"  # blocks / lazy: candidate steps per point, measured as wholes
     loss_key: str = "calibration_loss"
     warn_independent_sampling: bool = True
 
