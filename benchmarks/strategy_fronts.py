@@ -46,6 +46,12 @@ PENALTIES = (0.5, 1.0, 2.0)
 TRAIN_STEPS = 200
 RATIOS = [1.03, 1.05, 1.07]
 
+
+def _path(**options: Any) -> dict[str, Any]:
+    """The saliency path's sampler entry: path to 1.075, landings on RATIOS, then `options`."""
+    return {"name": "saliency_path", "options": {"max_loss_ratio": 1.075, "targets": RATIOS, **options}}
+
+
 # label -> (sampler, search space, trial cap); seeded samplers run seed 0 with the FE cap of `FE_CAP`
 STRATEGIES: dict[str, tuple[dict[str, Any], str, int]] = {
     "greedy-1.002": ({"name": "greedy", "options": {"loss_inc": 1.002}}, PER_MODULE, 400),
@@ -63,20 +69,14 @@ STRATEGIES: dict[str, tuple[dict[str, Any], str, int]] = {
                                                                               "refine_budgets": RATIOS}},
                                           PER_MODULE_FINE, 1000),
     # the allocation re-linearized at every step: a gradient pass at each configuration reached
-    "saliency-path": ({"name": "saliency_path", "options": {"max_loss_ratio": 1.075, "targets": RATIOS}},
-                      PER_MODULE_FINE, 200),
-    "saliency-path-coarse": ({"name": "saliency_path", "options": {"max_loss_ratio": 1.075, "targets": RATIOS}},
-                             PER_MODULE, 200),
-    # candidate steps per point (every parameter, each block, each family), measured as wholes
-    "saliency-path-blocks": ({"name": "saliency_path", "options": {"max_loss_ratio": 1.075, "targets": RATIOS,
-                                                                   "steps": "blocks"}}, PER_MODULE_FINE, 300),
-    # the same candidates measured lazily (the best-looking by its group's earlier value first); half steps
-    "saliency-path-lazy": ({"name": "saliency_path", "options": {"max_loss_ratio": 1.075, "targets": RATIOS,
-                                                                 "steps": "lazy"}}, PER_MODULE_FINE, 300),
-    "saliency-path-blocks-half": ({"name": "saliency_path", "options": {
-        "max_loss_ratio": 1.075, "targets": RATIOS, "steps": "blocks", "step": 0.0025}}, PER_MODULE_FINE, 500),
-    "saliency-path-lazy-half": ({"name": "saliency_path", "options": {
-        "max_loss_ratio": 1.075, "targets": RATIOS, "steps": "lazy", "step": 0.0025}}, PER_MODULE_FINE, 500),
+    "saliency-path": (_path(), PER_MODULE_FINE, 200),
+    "saliency-path-coarse": (_path(), PER_MODULE, 200),
+    # candidate steps per point (every parameter, each block, each family), measured as wholes; the same
+    # candidates measured lazily (the best-looking by its group's earlier value first); half steps
+    "saliency-path-blocks": (_path(steps="blocks"), PER_MODULE_FINE, 300),
+    "saliency-path-lazy": (_path(steps="lazy"), PER_MODULE_FINE, 300),
+    "saliency-path-blocks-half": (_path(steps="blocks", step=0.0025), PER_MODULE_FINE, 500),
+    "saliency-path-lazy-half": (_path(steps="lazy", step=0.0025), PER_MODULE_FINE, 500),
     "blockwise": ({"name": "blockwise", "options": {"max_loss_ratio": 1.01}}, PER_MODULE, 600),
     "blocksearch": ({"name": "blocksearch"}, PER_MODULE, 150),
     "tpe": ({"name": "tpe"}, PER_KIND, 240),
