@@ -45,6 +45,7 @@ MODELS = {"rwkv4": "embedded:rwkv4-tiny", "opt": "embedded:opt-tiny"}
 PENALTIES = (0.5, 1.0, 2.0)
 TRAIN_STEPS = 200
 RATIOS = [1.03, 1.05, 1.07]
+KINDS = ["block", "family", "kind"]
 
 
 def _path(**options: Any) -> dict[str, Any]:
@@ -77,6 +78,11 @@ STRATEGIES: dict[str, tuple[dict[str, Any], str, int]] = {
     "saliency-path-lazy": (_path(steps="lazy"), PER_MODULE_FINE, 300),
     "saliency-path-blocks-half": (_path(steps="blocks", step=0.0025), PER_MODULE_FINE, 500),
     "saliency-path-lazy-half": (_path(steps="lazy", step=0.0025), PER_MODULE_FINE, 500),
+    # candidate steps for each module kind across the blocks too (every ffn.key, ...): priced by measurement
+    # where the saliency misprices a kind
+    "saliency-path-lazy-kinds": (_path(steps="lazy", groups=KINDS), PER_MODULE_FINE, 400),
+    "saliency-path-blocks-kinds": (_path(steps="blocks", groups=KINDS), PER_MODULE_FINE, 600),
+    "saliency-path-lazy-kinds-half": (_path(steps="lazy", groups=KINDS, step=0.0025), PER_MODULE_FINE, 600),
     "blockwise": ({"name": "blockwise", "options": {"max_loss_ratio": 1.01}}, PER_MODULE, 600),
     "blocksearch": ({"name": "blocksearch"}, PER_MODULE, 150),
     "tpe": ({"name": "tpe"}, PER_KIND, 240),

@@ -51,16 +51,16 @@ def saliency_of(params):
             "gains": {n: [[lv, MACS[n] * lv] for lv in FINE[1:]] for n in NAMES}}
 
 
-def run(study, sampler, max_trials=100, loss=loss_of):
+def run(study, sampler, max_trials=100, loss=loss_of, table=saliency_of, sparsity=sparsity_of):
     """Drive the study; the tables always predict the additive `loss_of`, `loss` is what is measured."""
     dists = {n: CategoricalDistribution(c) for n, c in sampler.search_space.items()}
     while not sampler.is_finished(study) and len(study.trials) < max_trials:
         trial = study.ask(dists)
         if sampler.wants_saliency(study, trial.number):
-            trial.set_user_attr(keys.SALIENCY, saliency_of(trial.params))
+            trial.set_user_attr(keys.SALIENCY, table(trial.params))
         trial.set_user_attr("calibration_loss", loss(trial.params))
-        trial.set_user_attr("sparsity", sparsity_of(trial.params))
-        study.tell(trial, [loss(trial.params), sparsity_of(trial.params)])
+        trial.set_user_attr("sparsity", sparsity(trial.params))
+        study.tell(trial, [loss(trial.params), sparsity(trial.params)])
 
 
 def test_the_path_calibrates_its_scale_and_lands_on_the_targets():
@@ -181,12 +181,62 @@ def test_block_steps_measure_candidate_steps_as_wholes_and_take_the_most_efficie
     assert len(plain.trials) < len(trials)
 
 
+# two blocks of three modules, two kinds in one family: kind groups (every att.key) differ from families
+KINDS = [f"blocks.{b}.{k}" for b in (0, 1) for k in ("att.key", "att.value", "ffn.key")]
+KIND_SENS = dict(zip(KINDS, [0.004, 0.002, 0.03, 0.006, 0.003, 0.02]))
+KIND_MACS = {n: 0.1 if ".att." in n else 0.3 for n in KINDS}
+
+
+def kind_loss(params, cheap=0.2):
+    """Additive, but every att.key costs `cheap` times what the tables predict (as the element-wise
+    saliency overprices rwkv4-tiny's ffn.key maps)."""
+    return DENSE_LOSS * (1 + sum(KIND_SENS[n] * params[n] ** 3 * (cheap if n.endswith("att.key") else 1)
+                                 for n in KINDS))
+
+
+def kind_table(params):
+    return {"scores": {n: [[lv, SCALE * KIND_SENS[n] * lv ** 3] for lv in FINE[1:]] for n in KINDS},
+            "gains": {n: [[lv, KIND_MACS[n] * lv] for lv in FINE[1:]] for n in KINDS}}
+
+
+def kind_sparsity(params):
+    return sum(KIND_MACS[n] * params[n] for n in KINDS)
+
+
+def test_kind_groups_propose_a_step_per_module_kind_and_find_a_kind_the_tables_overprice():
+    def path_study(groups):
+        sampler = SaliencyPathSampler(dict.fromkeys(KINDS, FINE), step=0.005, max_loss_ratio=1.03,
+                                      steps="blocks", groups=groups)
+        study = new_study(sampler, optuna.storages.InMemoryStorage())
+        study.enqueue_trial(dict.fromkeys(KINDS, 0.0))
+        run(study, sampler, max_trials=400, loss=kind_loss, table=kind_table, sparsity=kind_sparsity)
+        assert sampler.is_finished(study)
+        return sampler, study
+
+    with_kinds, study = path_study(["block", "family", "kind"])
+    b0, b1 = KINDS[:3], KINDS[3:]
+    assert with_kinds._groups == [tuple(KINDS), tuple(b0), tuple(b1), (*b0[:2], *b1[:2]), (b0[2], b1[2]),
+                                  (b0[0], b1[0]), (b0[1], b1[1])]  # ffn.key's kind is the ffn family
+    path = [dict(zip(KINDS, p.key)) for p in with_kinds.plan(study).path]
+    moved = [{n for n in KINDS if b[n] != a[n]} for a, b in pairwise(path)]
+    # a step of the att.key kind alone was taken (measured as the most efficient candidate), which no
+    # candidate of the blocks and families proposes
+    assert {"blocks.0.att.key", "blocks.1.att.key"} in moved
+    without, plain = path_study(["block", "family"])
+    assert len(without._groups) == 5
+    path = [dict(zip(KINDS, p.key)) for p in without.plan(plain).path]
+    assert {"blocks.0.att.key", "blocks.1.att.key"} not in [{n for n in KINDS if b[n] != a[n]}
+                                                            for a, b in pairwise(path)]
+
+
 @pytest.mark.parametrize(("kwargs", "message"), [
     ({"step": 0}, "step must be a loss-ratio increase > 0"),
     ({"max_loss_ratio": 1.0}, "max_loss_ratio must be a loss ratio > 1"),
     ({"targets": [0.9]}, "targets must be a loss ratio > 1"),
     ({"max_steps": 0}, "max_steps must be an integer >= 1"),
     ({"steps": "sideways"}, "steps must be one of single, blocks, lazy"),
+    ({"groups": ["layer"]}, "groups must be a non-empty list of block, family, kind"),
+    ({"groups": []}, "groups must be a non-empty list of block, family, kind"),
 ])
 def test_bad_options_are_refused(kwargs, message):
     with pytest.raises(ValueError, match=message):

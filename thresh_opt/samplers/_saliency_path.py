@@ -39,12 +39,18 @@ SMOOTHING = 0.5  # weight of the newest measured / predicted ratio in the runnin
 RETRIES = 6  # doublings of a step's budget while no level fits in it
 OVERSHOOT = 4  # a step past max_loss_ratio costing more than this many steps is taken again, smaller,
 RESTEPS = 3  # at most this many times per path
-LANDING_TRIES = 2  # tries per target, the step halved each time
+LANDING_TRIES = 3  # tries per target, each sized by a secant through the start
+LANDING_AIM = 0.9  # after an overshoot, a try aims at this share of the start's gap to the target
 LANDED = 0.1  # a path point within this share of `step` below a target needs no landing
 # one proposed step per point, or candidate steps measured as wholes (all of them, or lazily: the
 # best-looking first); the study file's option type too
 StepMode = Literal["single", "blocks", "lazy"]
 STEPS: tuple[str, ...] = get_args(StepMode)
+# the parameter groups a point proposes candidate steps for (steps: blocks / lazy): each block, each family
+# (the segment after the block: att, ffn), each kind across blocks (att.key, ffn.key, ...); the option type
+Grouping = Literal["block", "family", "kind"]
+GROUPINGS: tuple[str, ...] = get_args(Grouping)
+DEFAULT_GROUPS: tuple[Grouping, ...] = ("block", "family")
 
 
 @dataclass
@@ -89,8 +95,8 @@ class SaliencyPathSampler(StampedSampler):
     unit) is estimated from the measured steps (a running mean of measured / predicted increases), the
     first step spending a small share of the whole front's saliency to calibrate it. The path stops
     past ``max_loss_ratio``, after ``max_steps`` steps, or when every parameter is at its top level.
-    Then, for each of ``targets`` (loss ratios), from the last path point below it one *landing* step
-    aims at the rest of the target's budget, halved once if it overshoots.
+    Then, for each of ``targets`` (loss ratios), from the last path point below it, *landing* steps in
+    the direction the path took next, sized by secants (:meth:`_land`).
 
     Unlike the one-shot allocation of ``SensitivitySampler(probes="gradient")``, every step's table is
     taken where the path stands, so what the modules already zeroed (and how the rest of the model
@@ -105,15 +111,15 @@ class SaliencyPathSampler(StampedSampler):
         targets: loss ratios (> 1) to land on after the path (default none).
         max_steps: the most path steps (>= 1).
         steps: ``"single"``: each step is the knapsack's pick over every parameter. ``"blocks"``: once the
-            scale is known, each point proposes that step and the same knapsack restricted to each block
-            (parameters by their first all-digit name segment) and to each family (the name segment after
-            the block: ``att``, ``ffn``), all sized to ``step``; they are evaluated as wholes (in parallel
-            when there are workers) and the one with the most measured sparsity per measured loss-ratio
-            increase is the next point (then evaluated again with its table). Several times the trials,
-            for steps priced by measurement rather than by adding saliencies. ``"lazy"``: the same
-            candidates, measured one at a time, highest first by the value their group measured at an
-            earlier point, until the best measured one is worth at least every unmeasured one's earlier
-            value (lazy greedy: it assumes a group's value does not rise along the path).
+            scale is known, each point proposes that step and the same knapsack restricted to each group
+            of ``groups``, all sized to ``step``, evaluated as wholes (in parallel when there are workers);
+            the one with the most measured sparsity per measured loss-ratio increase is the next point.
+            ``"lazy"``: the same candidates, one at a time, highest first by the value their group measured
+            at an earlier point, until the best measured one is worth at least every unmeasured one's
+            earlier value (lazy greedy: it assumes a group's value does not rise along the path).
+        groups: the groupings proposing those candidates: ``"block"`` (the first all-digit name segment),
+            ``"family"`` (the segment after it: ``att``, ``ffn``; default both) and ``"kind"`` (a module
+            kind across the blocks, e.g. every ``ffn.key``, which the saliency may misprice).
         loss_key: the trial user attribute holding the loss.
         independent_sampler: samples parameters outside the search space (default: random).
         warn_independent_sampling: warn once per parameter sampled by ``independent_sampler``.
@@ -121,7 +127,7 @@ class SaliencyPathSampler(StampedSampler):
 
     def __init__(self, search_space: Mapping[str, Sequence[float]], *, step: float = 0.005,
                  max_loss_ratio: float = 1.1, targets: Sequence[float] | None = None, max_steps: int = 100,
-                 steps: str = "single", loss_key: str = "calibration_loss",
+                 steps: str = "single", groups: Sequence[str] | None = None, loss_key: str = "calibration_loss",
                  independent_sampler: BaseSampler | None = None, warn_independent_sampling: bool = True) -> None:
         levels = positive_levels(search_space, "SaliencyPathSampler", "levels")
         if not (finite(step) is not None and step > 0):
@@ -140,7 +146,10 @@ class SaliencyPathSampler(StampedSampler):
         self._targets = tuple(sorted(budgets(list(targets or []), "targets")))
         self._max_steps = max_steps
         self._loss_key = loss_key
-        self._groups = self._step_groups(steps)
+        chosen = tuple(groups) if groups is not None else DEFAULT_GROUPS
+        if isinstance(groups, str) or not chosen or any(g not in GROUPINGS for g in chosen):
+            raise ValueError(f"groups must be a non-empty list of {', '.join(GROUPINGS)}, got {groups!r}")
+        self._groups = self._step_groups(steps, chosen)
         self._lazy = steps == "lazy"
 
     # ---- the driver's interface (SteppedSampler) ---------------------------------------------------
@@ -207,18 +216,22 @@ class SaliencyPathSampler(StampedSampler):
         result = ledger.get(key)
         return None if result is None or result.loss is None else result.loss / dense
 
-    def _step_groups(self, steps: str) -> list[tuple[str, ...]]:
-        """The parameter groups a point proposes a step for: every parameter, then (``"blocks"``) each
-        block and each family with more than one member and not every parameter."""
+    def _step_groups(self, steps: str, groupings: Sequence[str] = DEFAULT_GROUPS) -> list[tuple[str, ...]]:
+        """The parameter groups a point proposes a step for: every parameter, then (``"blocks"``, ``"lazy"``)
+        each group of `groupings` that is not every parameter."""
         groups = [self._names]
         if steps != "single":
             def family(name: str) -> str | None:  # "blocks.3.att.key" -> "att"
                 return default_kind(name).split(".")[0] if block_of(name) is not None else None
 
-            for label in (block_of, family):
+            def kind(name: str) -> str | None:  # "blocks.3.att.key" -> "att.key"
+                return default_kind(name) if block_of(name) is not None else None
+
+            labels = {"block": block_of, "family": family, "kind": kind}
+            for grouping in groupings:
                 seen: dict[Any, list[str]] = {}
                 for n in self._names:
-                    if (g := label(n)) is not None:
+                    if (g := labels[grouping](n)) is not None:
                         seen.setdefault(g, []).append(n)
                 groups += [tuple(m) for m in seen.values() if len(m) < len(self._names)]
         return list(dict.fromkeys(groups))
@@ -343,31 +356,42 @@ class SaliencyPathSampler(StampedSampler):
         return plan
 
     def _land(self, plan: Plan, ledger: Ledger, tables: Mapping[Key, Mapping[str, Any]], dense: float) -> None:
-        """Per target: the landing configuration, or the next one to evaluate."""
-        last_scale = next((p.scale for p in reversed(plan.path) if p.scale is not None), None)
+        """Per target: the landing configuration, or the next one to evaluate. From the last path point
+        below the target, a smaller step in the direction the path took next (the parameters its next
+        point moved), sized by the secant through the start and that point (then through the start and
+        the try before: a retry after an overshoot aims a little below the target)."""
         for target in self._targets:
             below = [i for i, p in enumerate(plan.path) if p.ratio <= target]
             if not below:
                 continue
             start = plan.path[below[-1]]
             plan.landings[target] = start.key
-            scale = start.scale or last_scale
             gap = target - start.ratio
-            if below[-1] == len(plan.path) - 1 or scale is None or gap < LANDED * self._step:
+            if below[-1] == len(plan.path) - 1 or gap < LANDED * self._step:
                 continue  # the path never went past it, or it is close enough already
+            here, then = self._params(start.key), self._params(plan.path[below[-1] + 1].key)
+            moved = [n for n in self._names if then[n] != here[n]]
             inc, gain = self._increments(tables[start.key], start.key)
-            for attempt in range(LANDING_TRIES):
-                step = self._propose(inc, gain, start.key, gap / scale / 2**attempt, 0)
-                if step is None:
+            spent = sum(inc[n].get(then[n], 0.0) for n in moved)  # the next point's saliency from the start
+            rise, aim = plan.path[below[-1] + 1].ratio - start.ratio, gap
+            tried, best = set(), ledger.get(start.key)
+            for _ in range(LANDING_TRIES):
+                if rise <= 0 or spent <= 0:
+                    break  # no rise to size the try by
+                step = self._propose(inc, gain, start.key, spent * aim / rise, 0, moved)
+                if step is None or step[0] in tried:
                     break
-                ratio = self._ratio(ledger, step[0], dense)
-                if ratio is None:
-                    if ledger.get(step[0]) is None:
-                        plan.issue.append(Next(step[0], "landing", target, start.ratio + scale * step[1]))
+                tried.add(step[0])
+                result, ratio = ledger.get(step[0]), self._ratio(ledger, step[0], dense)
+                if result is None or ratio is None:
+                    if result is None:
+                        plan.issue.append(Next(step[0], "landing", target, start.ratio + rise / spent * step[1]))
                     break
-                if ratio <= target:
-                    plan.landings[target] = step[0]
-                    break
+                if ratio <= target and (best is None or (result.sparsity or 0.0) > (best.sparsity or 0.0)):
+                    plan.landings[target], best = step[0], result
+                if 0 <= target - ratio <= max(LANDED * self._step, (1 - LANDING_AIM) * gap):
+                    break  # close enough below the target
+                spent, rise, aim = step[1], ratio - start.ratio, gap if ratio <= target else LANDING_AIM * gap
 
     # ---- Optuna ----------------------------------------------------------------------------------
 

@@ -32,7 +32,7 @@ from thresh_opt.samplers._chain import ChainSampler
 from thresh_opt.samplers._greedy import GreedySampler
 from thresh_opt.samplers._greedy_state import budgets, tolerances
 from thresh_opt.samplers._hybrid import HybridSampler
-from thresh_opt.samplers._saliency_path import SaliencyPathSampler, StepMode
+from thresh_opt.samplers._saliency_path import DEFAULT_GROUPS, Grouping, SaliencyPathSampler, StepMode
 from thresh_opt.samplers._sensitivity import Probes, SensitivitySampler
 
 
@@ -245,6 +245,7 @@ class SaliencyPathOptions(_Options):
     targets: LossRatios = Field(default_factory=list)  # loss ratios to land on after the path
     max_steps: int = Field(100, ge=1)
     steps: StepMode = "single"  # blocks / lazy: candidate steps per point, measured as wholes
+    groups: list[Grouping] = Field(default_factory=lambda: list(DEFAULT_GROUPS), min_length=1)  # their groups
     loss_key: str = "calibration_loss"
     warn_independent_sampling: bool = True
 
