@@ -10,7 +10,8 @@ its own), on rwkv4-tiny or, with `--model opt`, on opt-tiny with the OPT search 
 calibration-loss ratio r the strategy's point is its sparsest trial with loss ratio <= r (a real
 configuration, not an interpolation), re-evaluated for held-out perplexity. The learned thresholds
 (`thresh-opt baseline train`, penalties 0.5 / 1 / 2, 200 steps) are evaluated alike; their sparsity at r
-is interpolated along their points. Results are kept in the output folder, so a second run only adds
+is interpolated along their points; in brackets, their sparsity interpolated at the strategy's held-out
+perplexity (they fit the calibration tokens they were trained on). Results are kept in the output folder, so a second run only adds
 what is missing (`--fresh` starts over).
 """
 
@@ -83,6 +84,11 @@ STRATEGIES: dict[str, tuple[dict[str, Any], str, int]] = {
     "saliency-path-lazy-kinds": (_path(steps="lazy", groups=KINDS), PER_MODULE_FINE, 400),
     "saliency-path-blocks-kinds": (_path(steps="blocks", groups=KINDS), PER_MODULE_FINE, 600),
     "saliency-path-lazy-kinds-half": (_path(steps="lazy", groups=KINDS, step=0.0025), PER_MODULE_FINE, 600),
+    # with steps down (floating search): per point up to 2 measured, taken when above the path's front
+    "saliency-path-back": (_path(backward=2), PER_MODULE_FINE, 300),
+    "saliency-path-lazy-back": (_path(steps="lazy", backward=2), PER_MODULE_FINE, 400),
+    "saliency-path-lazy-kinds-back": (_path(steps="lazy", groups=KINDS, backward=2), PER_MODULE_FINE, 500),
+    "saliency-path-blocks-kinds-back": (_path(steps="blocks", groups=KINDS, backward=2), PER_MODULE_FINE, 700),
     "blockwise": ({"name": "blockwise", "options": {"max_loss_ratio": 1.01}}, PER_MODULE, 600),
     "blocksearch": ({"name": "blocksearch"}, PER_MODULE, 150),
     "tpe": ({"name": "tpe"}, PER_KIND, 240),
@@ -184,8 +190,16 @@ def main() -> None:
     reference = {r: float(np.interp(r, xs, [trained[i]["values"]["sparsity"] for i in order])) for r in ratios}
     ppl = {r: float(np.interp(r, xs, [trained[i]["values"]["perplexity"] for i in order])) for r in ratios}
     train_fe = sum(t["forward_equivalents"] for t in trained)
+    # the learned thresholds fit the calibration tokens they were trained on: on held-out text, the points
+    # to compare with are theirs at the same perplexity (interpolated; n/a outside their range)
+    by_ppl = sorted((t["values"]["perplexity"], t["values"]["sparsity"]) for t in trained)
 
-    head = " | ".join(f"@{r:g}: sparsity (gap), ppl" for r in ratios)
+    def at_ppl(value: float) -> str:
+        if not by_ppl[0][0] <= value <= by_ppl[-1][0]:
+            return "n/a"
+        return f"{100 * float(np.interp(value, *zip(*by_ppl))):.1f}"
+
+    head = " | ".join(f"@{r:g}: sparsity (gap), ppl [learned at that ppl]" for r in ratios)
     lines = [f"| strategy | {head} | FE | FE / training's | seconds | peak MB |",
              "|---|" + "---:|" * (len(ratios) + 4)]
     lines.append("| learned (3 penalties, interpolated) | "
@@ -204,7 +218,7 @@ def main() -> None:
             if key not in b["perplexity"]:
                 b["perplexity"][key] = evaluator.evaluate(b["thresholds"]).values["perplexity"]
             cells.append(f"{b['sparsity']:.1%} ({100 * (b['sparsity'] - reference[r]):+.1f}), "
-                         f"{b['perplexity'][key]:.2f}")
+                         f"{b['perplexity'][key]:.2f} [{at_ppl(b['perplexity'][key])}]")
         lines.append(f"| {label} | " + " | ".join(cells) + f" | {res['forward_equivalents']:.0f} | "
                      f"{res['forward_equivalents'] / train_fe:.2f} | {res['seconds']:.0f} | "
                      f"{res['peak_memory_mb']:.0f} |")

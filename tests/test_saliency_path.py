@@ -18,7 +18,8 @@ from thresh_opt.calibration import CalibrationSpec, calibration_chunks
 from thresh_opt.cli import main
 from thresh_opt.incremental import IncrementalEngine
 from thresh_opt.incremental.gradient import saliencies
-from thresh_opt.samplers import SaliencyPathSampler
+from thresh_opt.samplers import SaliencyPathSampler, allocation
+from thresh_opt.samplers._path_steps import BACK_MARGIN, envelope, interpolated
 from thresh_opt.samplers._saliency_path import PREDICTED, ROLE, TARGET
 from thresh_opt.samplers.allocation import Allocation, increment_tables, lagrangian_within, stepped
 
@@ -40,6 +41,31 @@ def test_increment_tables_put_the_current_level_at_zero_and_steps_map_back():
     # a level below the current one is never offered; a score that fell below the current level's counts 0
     table, _ = increment_tables({"a": {0.3: 2.0, 0.6: 1.5}}, {"a": {0.3: 0.3, 0.6: 0.6}}, {"a": 0.3})
     assert table == {"a": {0.6: 0.0}}
+
+
+
+def test_step_down_tables_save_the_most_score_for_the_least_gain_and_steps_map_back():
+    scores = {"a": {0.3: 1.0, 0.6: 3.0, 0.9: 8.0}, "b": {0.3: 0.5, 0.6: 0.6, 0.9: 4.0}}
+    gains = {"a": {0.3: 0.3, 0.6: 0.6, 0.9: 0.9}, "b": {0.3: 0.03, 0.6: 0.06, 0.9: 0.09}}
+    now = {"a": 0.6, "b": 0.9}
+    lost, saved, back = allocation.decrement_tables(scores, gains, now)
+    assert sorted(back["a"].values()) == [0.0, 0.3] and sorted(back["b"].values()) == [0.0, 0.3, 0.6]
+    assert sorted(saved["b"].values()) == pytest.approx([3.4, 3.5, 4.0])
+    assert sorted(lost["a"].values()) == pytest.approx([0.3, 0.6])
+    points = allocation.front(lost, saved)
+
+    def down(need):
+        pick = allocation.first_saving(points, need)
+        return None if pick is None else allocation.lowered(now, pick, back)
+    # b's 0.9 -> 0.6 saves 3.4 for 0.03 of gain; 5.0 needs b -> 0 (4.0 for 0.09) and a -> 0.3 (2.0 for 0.3)
+    assert down(3.0) == {"a": 0.6, "b": 0.6}
+    assert down(5.0) == {"a": 0.3, "b": 0.0}
+    assert down(100.0) == {"a": 0.0, "b": 0.0}  # the most it can save
+    nothing = allocation.decrement_tables(scores, gains, {"a": 0.0, "b": 0.0})  # all at 0: nothing to take back
+    assert allocation.first_saving(allocation.front(nothing[0], nothing[1]), 1.0) is None
+    line = envelope([(1.0, 0.1), (1.02, 0.3), (1.01, 0.05), (1.04, 0.5)])
+    assert line == [(1.0, 0.1), (1.02, 0.3), (1.04, 0.5)]
+    assert interpolated(line, 1.03) == pytest.approx(0.4) and interpolated(line, 1.1) == 0.5
 
 
 def saliency_of(params):
@@ -229,6 +255,44 @@ def test_kind_groups_propose_a_step_per_module_kind_and_find_a_kind_the_tables_o
                                                             for a, b in pairwise(path)]
 
 
+def interacting_loss(params):
+    """The additive loss plus blocks.0.att's cost growing with the ffn maps' levels: the tables (taken at the
+    dense model) call it cheap, so the path raises it early, and later it is worth taking back."""
+    ffn = params["blocks.0.ffn"] + params["blocks.1.ffn"]
+    return loss_of(params) + DENSE_LOSS * 0.03 * params["blocks.0.att"] ** 2 * ffn ** 2
+
+
+def test_steps_down_take_back_what_the_path_raised_early_when_they_measure_above_its_front():
+    def path_study(backward):
+        sampler = SaliencyPathSampler(dict.fromkeys(NAMES, FINE), step=0.005, max_loss_ratio=1.06,
+                                      targets=[1.02, 1.04], backward=backward)
+        study = new_study(sampler, optuna.storages.InMemoryStorage())
+        study.enqueue_trial(dict.fromkeys(NAMES, 0.0))
+        run(study, sampler, max_trials=300, loss=interacting_loss)
+        assert sampler.is_finished(study)
+        return sampler, study
+
+    def best(study, ratio):
+        return max(sparsity_of(t.params) for t in study.trials if interacting_loss(t.params) / DENSE_LOSS <= ratio)
+
+    sampler, study = path_study(2)
+    path = sampler.plan(study).path
+    downs = [i for i in range(1, len(path)) if any(a < b for a, b in zip(path[i].key, path[i - 1].key))]
+    assert downs
+    for i in downs:  # each one measured above the front of the path points before it
+        before = envelope([(p.ratio, sparsity_of(dict(zip(NAMES, p.key)))) for p in path[:i]])
+        # and taken from a point no earlier one dominates
+        assert (path[i - 1].ratio, sparsity_of(dict(zip(NAMES, path[i - 1].key)))) in before
+        assert sparsity_of(dict(zip(NAMES, path[i].key))) > interpolated(before, path[i].ratio) + BACK_MARGIN
+        assert i + 1 == len(path) or not any(a < b for a, b in zip(path[i + 1].key, path[i].key))  # then up
+    roles = [t.system_attrs.get(ROLE) for t in study.trials]
+    assert "back" in roles
+    assert all(keys.SALIENCY not in t.user_attrs for t, r in zip(study.trials, roles) if r == "back")
+    _, plain = path_study(0)
+    assert "back" not in [t.system_attrs.get(ROLE) for t in plain.trials]
+    assert best(study, 1.02) > best(plain, 1.02) + 0.03 and best(study, 1.04) > best(plain, 1.04)
+
+
 @pytest.mark.parametrize(("kwargs", "message"), [
     ({"step": 0}, "step must be a loss-ratio increase > 0"),
     ({"max_loss_ratio": 1.0}, "max_loss_ratio must be a loss ratio > 1"),
@@ -237,6 +301,7 @@ def test_kind_groups_propose_a_step_per_module_kind_and_find_a_kind_the_tables_o
     ({"steps": "sideways"}, "steps must be one of single, blocks, lazy"),
     ({"groups": ["layer"]}, "groups must be a non-empty list of block, family, kind"),
     ({"groups": []}, "groups must be a non-empty list of block, family, kind"),
+    ({"backward": -1}, "backward must be an integer >= 0"),
 ])
 def test_bad_options_are_refused(kwargs, message):
     with pytest.raises(ValueError, match=message):

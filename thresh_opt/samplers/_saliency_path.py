@@ -4,14 +4,21 @@ landings on target loss ratios."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal, get_args
 
 from optuna.logging import get_logger
 
 from thresh_opt import compat, keys
 from thresh_opt.samplers import allocation
-from thresh_opt.samplers._greedy_state import block_of, budgets, default_kind
+from thresh_opt.samplers._greedy_state import budgets
+from thresh_opt.samplers._path_steps import (
+    RETRIES,
+    Next,
+    PathSteps,
+    Plan,
+    Point,
+    parameter_groups,
+)
 from thresh_opt.samplers._replay import Ledger, read_ledger
 from thresh_opt.samplers._stamped import StampedSampler, finite, positive_levels
 
@@ -24,24 +31,19 @@ if TYPE_CHECKING:
 
     from thresh_opt.samplers._greedy_state import Acceptance
     from thresh_opt.samplers._replay import Key
-    from thresh_opt.samplers.allocation import Table
 
 _logger = get_logger(__name__)
 
 # System attributes stamped on every trial the sampler issues.
-ROLE = "saliency_path:role"  # "path" | "candidate" | "landing" | "wait" | "finished"
+ROLE = "saliency_path:role"  # "path" | "candidate" | "back" | "landing" | "wait" | "finished"
 PARAMS = "saliency_path:params"  # the whole assignment of the trial
 TARGET = "saliency_path:target"  # a landing's target loss ratio (None otherwise)
 PREDICTED = "saliency_path:predicted"  # the loss ratio the step predicts (None before the scale is known)
 
 FIRST_SHARE = 1e-3  # the first step's saliency budget, as a share of the whole front's (no scale known yet)
 SMOOTHING = 0.5  # weight of the newest measured / predicted ratio in the running scale
-RETRIES = 6  # doublings of a step's budget while no level fits in it
 OVERSHOOT = 4  # a step past max_loss_ratio costing more than this many steps is taken again, smaller,
 RESTEPS = 3  # at most this many times per path
-LANDING_TRIES = 3  # tries per target, each sized by a secant through the start
-LANDING_AIM = 0.9  # after an overshoot, a try aims at this share of the start's gap to the target
-LANDED = 0.1  # a path point within this share of `step` below a target needs no landing
 # one proposed step per point, or candidate steps measured as wholes (all of them, or lazily: the
 # best-looking first); the study file's option type too
 StepMode = Literal["single", "blocks", "lazy"]
@@ -53,36 +55,7 @@ GROUPINGS: tuple[str, ...] = get_args(Grouping)
 DEFAULT_GROUPS: tuple[Grouping, ...] = ("block", "family")
 
 
-@dataclass
-class Point:
-    """A configuration on the path, as measured."""
-
-    key: Key
-    ratio: float  # loss / dense loss
-    scale: float | None  # loss ratio per unit of saliency, estimated from the steps up to here
-
-
-@dataclass(frozen=True)
-class Next:
-    """A configuration to evaluate next."""
-
-    key: Key
-    role: str  # "path" | "candidate" | "landing"
-    target: float | None = None  # a landing's target loss ratio
-    predicted: float | None = None  # the loss ratio its step predicts (None: no scale yet)
-
-
-@dataclass
-class Plan:
-    """What the stored trials say: the path so far, the landings found, and what to evaluate next."""
-
-    path: list[Point] = field(default_factory=list)
-    landings: dict[float, Key] = field(default_factory=dict)  # target -> the configuration landed on
-    issue: list[Next] = field(default_factory=list)  # in order
-    done: bool = False
-
-
-class SaliencyPathSampler(StampedSampler):
+class SaliencyPathSampler(PathSteps, StampedSampler):
     """A path from the dense configuration toward higher loss, re-linearized at every step.
 
     Each path trial is measured with its *saliency table* (the driver asks the worker for it through
@@ -97,6 +70,14 @@ class SaliencyPathSampler(StampedSampler):
     past ``max_loss_ratio``, after ``max_steps`` steps, or when every parameter is at its top level.
     Then, for each of ``targets`` (loss ratios), from the last path point below it, *landing* steps in
     the direction the path took next, sized by secants (:meth:`_land`).
+
+    With ``backward``, a point the path stepped up to also proposes steps *down* (floating search, as in
+    sequential floating feature selection): each group's knapsack on the table giving up the least
+    predicted sparsity for one step's predicted loss saved, measured (at most ``backward`` per point, the
+    groups whose step down measured best at an earlier point first); the first one whose measured sparsity
+    is above the path's front at its measured loss ratio (the path points' upper envelope, interpolated)
+    becomes the next point, and the path goes on up from there. A greedy path cannot otherwise take back
+    what it raised early while it was cheap.
 
     Unlike the one-shot allocation of ``SensitivitySampler(probes="gradient")``, every step's table is
     taken where the path stands, so what the modules already zeroed (and how the rest of the model
@@ -120,6 +101,8 @@ class SaliencyPathSampler(StampedSampler):
         groups: the groupings proposing those candidates: ``"block"`` (the first all-digit name segment),
             ``"family"`` (the segment after it: ``att``, ``ffn``; default both) and ``"kind"`` (a module
             kind across the blocks, e.g. every ``ffn.key``, which the saliency may misprice).
+        backward: steps down measured per point (default 0: none); with ``steps: single`` the groups are
+            the default ones.
         loss_key: the trial user attribute holding the loss.
         independent_sampler: samples parameters outside the search space (default: random).
         warn_independent_sampling: warn once per parameter sampled by ``independent_sampler``.
@@ -127,7 +110,8 @@ class SaliencyPathSampler(StampedSampler):
 
     def __init__(self, search_space: Mapping[str, Sequence[float]], *, step: float = 0.005,
                  max_loss_ratio: float = 1.1, targets: Sequence[float] | None = None, max_steps: int = 100,
-                 steps: str = "single", groups: Sequence[str] | None = None, loss_key: str = "calibration_loss",
+                 steps: str = "single", groups: Sequence[str] | None = None, backward: int = 0,
+                 loss_key: str = "calibration_loss",
                  independent_sampler: BaseSampler | None = None, warn_independent_sampling: bool = True) -> None:
         levels = positive_levels(search_space, "SaliencyPathSampler", "levels")
         if not (finite(step) is not None and step > 0):
@@ -138,6 +122,8 @@ class SaliencyPathSampler(StampedSampler):
             raise ValueError(f"max_steps must be an integer >= 1, got {max_steps!r}")
         if steps not in STEPS:
             raise ValueError(f"steps must be one of {', '.join(STEPS)}, got {steps!r}")
+        if not (isinstance(backward, int) and not isinstance(backward, bool) and backward >= 0):
+            raise ValueError(f"backward must be an integer >= 0, got {backward!r}")
         super().__init__(levels, PARAMS, independent_sampler, warn_independent_sampling)
         self._levels = levels
         self._names = tuple(levels)
@@ -150,7 +136,9 @@ class SaliencyPathSampler(StampedSampler):
         if isinstance(groups, str) or not chosen or any(g not in GROUPINGS for g in chosen):
             raise ValueError(f"groups must be a non-empty list of {', '.join(GROUPINGS)}, got {groups!r}")
         self._groups = self._step_groups(steps, chosen)
+        self._down_groups = self._step_groups("blocks", chosen)
         self._lazy = steps == "lazy"
+        self._backward = backward
 
     # ---- the driver's interface (SteppedSampler) ---------------------------------------------------
 
@@ -209,89 +197,10 @@ class SaliencyPathSampler(StampedSampler):
                 tables.setdefault(key, table)
         return self._replay(ledger, tables), ledger
 
-    def _params(self, key: Key) -> dict[str, float]:
-        return dict(zip(self._names, key))
-
-    def _ratio(self, ledger: Ledger, key: Key, dense: float) -> float | None:
-        result = ledger.get(key)
-        return None if result is None or result.loss is None else result.loss / dense
-
     def _step_groups(self, steps: str, groupings: Sequence[str] = DEFAULT_GROUPS) -> list[tuple[str, ...]]:
         """The parameter groups a point proposes a step for: every parameter, then (``"blocks"``, ``"lazy"``)
         each group of `groupings` that is not every parameter."""
-        groups = [self._names]
-        if steps != "single":
-            def family(name: str) -> str | None:  # "blocks.3.att.key" -> "att"
-                return default_kind(name).split(".")[0] if block_of(name) is not None else None
-
-            def kind(name: str) -> str | None:  # "blocks.3.att.key" -> "att.key"
-                return default_kind(name) if block_of(name) is not None else None
-
-            labels = {"block": block_of, "family": family, "kind": kind}
-            for grouping in groupings:
-                seen: dict[Any, list[str]] = {}
-                for n in self._names:
-                    if (g := labels[grouping](n)) is not None:
-                        seen.setdefault(g, []).append(n)
-                groups += [tuple(m) for m in seen.values() if len(m) < len(self._names)]
-        return list(dict.fromkeys(groups))
-
-    def _choose(self, ledger: Ledger, inc: Table, gain: Table, key: Key, budget: float, ratio: float,
-                dense: float, stale: dict[int, float]) -> tuple[tuple[Key, float] | None, list[Key]]:
-        """The candidate step with the most measured sparsity gained per measured loss-ratio increase
-        (and its predicted saliency), or the candidates to measure first. ``steps: lazy`` measures one at a
-        time, the unmeasured one whose group's value at an earlier point (``stale``, group index -> value,
-        updated here) is highest, until the best measured one is worth at least every other's stale value."""
-        candidates: dict[Key, float] = {}  # step -> its predicted saliency, in group order
-        groups: dict[Key, list[int]] = {}  # step -> the groups proposing it
-        for g, group in enumerate(self._groups):
-            step = self._propose(inc, gain, key, budget, RETRIES, group)
-            if step is not None:
-                candidates.setdefault(step[0], step[1])
-                groups.setdefault(step[0], []).append(g)
-        unmeasured = [k for k in candidates if ledger.get(k) is None]
-        if unmeasured and not self._lazy:
-            return None, unmeasured
-        here = ledger.get(key)
-        if here is None or here.sparsity is None:
-            return None, []  # no measured sparsity to compare with: the path ends here
-        values: dict[Key, float] = {}
-        for k in candidates:  # in group order: ties keep the earlier group
-            result, r = ledger.get(k), self._ratio(ledger, k, dense)
-            if result is not None and r is not None and result.sparsity is not None:  # failed: not taken
-                values[k] = (result.sparsity - here.sparsity) / max(r - ratio, 1e-9 * self._step)
-        best = max(values, key=lambda k: values[k], default=None)  # the first of equal values
-        if unmeasured:  # lazy: a group never measured has no bound, so it is measured
-            bound = {k: max(stale.get(g, float("inf")) for g in groups[k]) for k in unmeasured}
-            top = max(unmeasured, key=lambda k: bound[k])
-            if best is None or bound[top] > values[best]:
-                return None, [top]
-        for k, v in values.items():
-            stale.update(dict.fromkeys(groups[k], v))
-        return (None if best is None else (best, candidates[best])), []
-
-    def _increments(self, table: Mapping[str, Any], key: Key) -> tuple[Table, Table]:
-        """The knapsack of a step from `key` on its saliency table (read once per point)."""
-        scores, gains = allocation.scored_tables(table, self._levels)
-        return allocation.increment_tables(scores, gains, self._params(key))
-
-    def _propose(self, inc: Table, gain: Table, key: Key, budget: float, retries: int,
-                 group: Sequence[str] | None = None) -> tuple[Key, float] | None:
-        """The step from `key` with the most predicted gain within `budget` saliency (doubled up to
-        `retries` times while nothing fits), moving only `group` (default all), and its predicted
-        saliency; None when nothing moves."""
-        members = self._names if group is None else group
-        points = allocation.front({p: inc[p] for p in members}, {p: gain[p] for p in members})
-        current = self._params(key)
-        for _ in range(retries + 1):
-            pick = allocation.within(points, budget)
-            if pick is not None:
-                nxt = allocation.stepped(current, pick)
-                new = tuple(nxt[n] for n in self._names)
-                if new != key:
-                    return new, pick.loss
-            budget *= 2
-        return None
+        return parameter_groups(self._names, groupings if steps != "single" else ())
 
     def _replay(self, ledger: Ledger, tables: Mapping[Key, Mapping[str, Any]]) -> Plan:
         plan = Plan()
@@ -304,7 +213,8 @@ class SaliencyPathSampler(StampedSampler):
         expected: float | None = None  # the loss ratio the last step predicts, once the scale is known
         first_budget: float | None = None
         stale: dict[int, float] = {}  # lazy steps: each group's value where it was last measured
-        resteps = 0
+        stale_down: dict[int, float] = {}  # steps down: each group's excess over the front, last measured
+        resteps, came_down = 0, False
         while True:
             ratio = self._ratio(ledger, key, dense.loss)
             if ratio is None:
@@ -340,6 +250,15 @@ class SaliencyPathSampler(StampedSampler):
                 budget = first_budget
             else:
                 budget = self._step / max(scale, 1e-300)
+            if self._backward and scale is not None and not came_down and len(plan.path) > 2:
+                down, unmeasured = self._down(ledger, table, key, budget, plan.path, dense.loss, stale_down)
+                if unmeasured:
+                    plan.issue.extend(Next(k, "back") for k in unmeasured)
+                    return plan
+                if down is not None:  # the next point is below this one: no scale to learn from it
+                    ratio_before, key, predicted, expected, came_down = ratio, down, None, None, True
+                    continue
+            came_down = False
             if scale is None or len(self._groups) == 1:
                 step = self._propose(inc, gain, key, budget, RETRIES)
             else:
@@ -354,44 +273,6 @@ class SaliencyPathSampler(StampedSampler):
         self._land(plan, ledger, tables, dense.loss)
         plan.done = not plan.issue
         return plan
-
-    def _land(self, plan: Plan, ledger: Ledger, tables: Mapping[Key, Mapping[str, Any]], dense: float) -> None:
-        """Per target: the landing configuration, or the next one to evaluate. From the last path point
-        below the target, a smaller step in the direction the path took next (the parameters its next
-        point moved), sized by the secant through the start and that point (then through the start and
-        the try before: a retry after an overshoot aims a little below the target)."""
-        for target in self._targets:
-            below = [i for i, p in enumerate(plan.path) if p.ratio <= target]
-            if not below:
-                continue
-            start = plan.path[below[-1]]
-            plan.landings[target] = start.key
-            gap = target - start.ratio
-            if below[-1] == len(plan.path) - 1 or gap < LANDED * self._step:
-                continue  # the path never went past it, or it is close enough already
-            here, then = self._params(start.key), self._params(plan.path[below[-1] + 1].key)
-            moved = [n for n in self._names if then[n] != here[n]]
-            inc, gain = self._increments(tables[start.key], start.key)
-            spent = sum(inc[n].get(then[n], 0.0) for n in moved)  # the next point's saliency from the start
-            rise, aim = plan.path[below[-1] + 1].ratio - start.ratio, gap
-            tried, best = set(), ledger.get(start.key)
-            for _ in range(LANDING_TRIES):
-                if rise <= 0 or spent <= 0:
-                    break  # no rise to size the try by
-                step = self._propose(inc, gain, start.key, spent * aim / rise, 0, moved)
-                if step is None or step[0] in tried:
-                    break
-                tried.add(step[0])
-                result, ratio = ledger.get(step[0]), self._ratio(ledger, step[0], dense)
-                if result is None or ratio is None:
-                    if result is None:
-                        plan.issue.append(Next(step[0], "landing", target, start.ratio + rise / spent * step[1]))
-                    break
-                if ratio <= target and (best is None or (result.sparsity or 0.0) > (best.sparsity or 0.0)):
-                    plan.landings[target], best = step[0], result
-                if 0 <= target - ratio <= max(LANDED * self._step, (1 - LANDING_AIM) * gap):
-                    break  # close enough below the target
-                spent, rise, aim = step[1], ratio - start.ratio, gap if ratio <= target else LANDING_AIM * gap
 
     # ---- Optuna ----------------------------------------------------------------------------------
 
@@ -413,3 +294,4 @@ class SaliencyPathSampler(StampedSampler):
             nxt = Next((0.0,) * len(self._names), "wait")
         self._write_stamp(study, trial, {ROLE: nxt.role, PARAMS: self._params(nxt.key), TARGET: nxt.target,
                                          PREDICTED: nxt.predicted})
+

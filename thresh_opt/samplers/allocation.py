@@ -316,3 +316,35 @@ def increment_tables(scores: Mapping[str, Mapping[float, float]], gains: Mapping
 def stepped(current: Mapping[str, float], pick: Allocation) -> dict[str, float]:
     """The configuration after a step picked on :func:`increment_tables` (0.0: the param stays)."""
     return {p: (lv if (lv := pick.levels.get(p, 0.0)) > 0 else float(now)) for p, now in current.items()}
+
+
+def decrement_tables(scores: Mapping[str, Mapping[float, float]], gains: Mapping[str, Mapping[float, float]],
+                     current: Mapping[str, float]) -> tuple[Table, Table, dict[str, dict[float, float]]]:
+    """The knapsack of one step *down* from a configuration, in the form :func:`front` solves: per param,
+    each level below its current one, keyed by how far down it goes (``current - level`` > 0; 0.0: stay),
+    with the gain it gives up as the knapsack's loss and the score it saves as its gain (so the front
+    saves the most score for the least gain given up); and per param, key -> the level it stands for."""
+    lost: Table = {}
+    saved: Table = {}
+    back: dict[str, dict[float, float]] = {}
+    for p, row in scores.items():
+        now = float(current.get(p, 0.0))
+        s0, g0 = (row.get(now, 0.0) if now > 0 else 0.0), (gains[p].get(now, 0.0) if now > 0 else 0.0)
+        below = [float(lv) for lv in (*row, 0.0) if float(lv) < now]
+        back[p] = {now - lv: lv for lv in below}
+        lost[p] = {d: max(0.0, g0 - gains[p].get(lv, 0.0)) for d, lv in back[p].items()}
+        saved[p] = {d: s0 - row.get(lv, 0.0) for d, lv in back[p].items()}
+    return lost, saved, back
+
+
+def first_saving(points: Sequence[Allocation], need: float) -> Allocation | None:
+    """The first configuration of a step-down front (:func:`decrement_tables`, by increasing gain) whose
+    saved score (its ``gain``) reaches ``need``, else the one saving the most; None when none saves any."""
+    saving = [a for a in points if a.gain > _EPS]
+    return next((a for a in saving if a.gain >= need - _EPS), saving[-1] if saving else None)
+
+
+def lowered(current: Mapping[str, float], pick: Allocation,
+            back: Mapping[str, Mapping[float, float]]) -> dict[str, float]:
+    """The configuration after a step picked on :func:`decrement_tables` (0.0: the param stays)."""
+    return {p: (back[p][d] if (d := pick.levels.get(p, 0.0)) > 0 else float(now)) for p, now in current.items()}

@@ -246,6 +246,7 @@ class SaliencyPathOptions(_Options):
     max_steps: int = Field(100, ge=1)
     steps: StepMode = "single"  # blocks / lazy: candidate steps per point, measured as wholes
     groups: list[Grouping] = Field(default_factory=lambda: list(DEFAULT_GROUPS), min_length=1)  # their groups
+    backward: int = Field(0, ge=0)  # steps down measured per point (floating search)
     loss_key: str = "calibration_loss"
     warn_independent_sampling: bool = True
 
