@@ -11,8 +11,8 @@ calibration-loss ratio r the strategy's point is its sparsest trial with loss ra
 configuration, not an interpolation), re-evaluated for held-out perplexity. The learned thresholds
 (`thresh-opt baseline train`, penalties 0.5 / 1 / 2, 200 steps) are evaluated alike; their sparsity at r
 is interpolated along their points; in brackets, their sparsity interpolated at the strategy's held-out
-perplexity (they fit the calibration tokens they were trained on). Results are kept in the output folder, so a second run only adds
-what is missing (`--fresh` starts over).
+perplexity (they fit the calibration tokens they were trained on). Results are kept in the output
+folder, so a second run only adds what is missing (`--fresh` starts over).
 """
 
 from __future__ import annotations

@@ -44,6 +44,8 @@ def _study(tmp_path: Path, sampler: dict) -> Path:
      "sampler.options.greedy_share: Input should be less than or equal to 1"),
     ({"name": "saliency_path", "options": {"steps": "lazy", "groups": ["block", "layer"]}},
      "sampler.options.groups.1: Input should be 'block', 'family' or 'kind'"),
+    ({"name": "saliency_path", "options": {"backward": -1}},
+     "sampler.options.backward: Input should be greater than or equal to 0"),
     ({"name": "cmaes"}, "sampler.name: unknown sampler 'cmaes'; allowed: greedy, hybrid, tpe"),
 ])
 def test_a_bad_sampler_option_is_rejected_before_the_model_loads(tmp_path, capsys, sampler, message):

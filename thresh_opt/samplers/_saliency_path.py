@@ -101,8 +101,8 @@ class SaliencyPathSampler(PathSteps, StampedSampler):
         groups: the groupings proposing those candidates: ``"block"`` (the first all-digit name segment),
             ``"family"`` (the segment after it: ``att``, ``ffn``; default both) and ``"kind"`` (a module
             kind across the blocks, e.g. every ``ffn.key``, which the saliency may misprice).
-        backward: steps down measured per point (default 0: none); with ``steps: single`` the groups are
-            the default ones.
+        backward: steps down measured per point (default 0: none), one per group of every parameter and
+            ``groups`` (with any ``steps``).
         loss_key: the trial user attribute holding the loss.
         independent_sampler: samples parameters outside the search space (default: random).
         warn_independent_sampling: warn once per parameter sampled by ``independent_sampler``.
