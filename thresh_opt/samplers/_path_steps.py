@@ -166,7 +166,7 @@ class PathSteps:
             stale.update(dict.fromkeys(groups[k], v))
         return (None if best is None else (best, candidates[best])), []
 
-    def _down(self, ledger: Ledger, table: Mapping[str, Any], key: Key, budget: float, path: Sequence[Point],
+    def _down(self, ledger: Ledger, scored: tuple[Table, Table], key: Key, budget: float, path: Sequence[Point],
               dense: float, stale: dict[int, float]) -> tuple[Key | None, list[Key]]:
         """A step down from `key` (the last of `path`) whose measured sparsity is above the path's front,
         or the candidates to measure first: per group, the knapsack saving `budget` saliency for the least
@@ -179,9 +179,8 @@ class PathSteps:
         here = measured[-1] if measured and path[-1].key == key else None
         if here is None or any(r <= here[0] and s >= here[1] for r, s in measured[:-1]):
             return None, []
-        scores, gains = allocation.scored_tables(table, self._levels)
         on_path = {p.key for p in path}
-        groups = {k: g for k, g in steps_down(scores, gains, self._params(key), self._down_groups,
+        groups = {k: g for k, g in steps_down(*scored, self._params(key), self._down_groups,
                                               budget).items() if k not in on_path}
         tried = sorted(groups, key=lambda k: -max(stale.get(g, float("inf")) for g in groups[k]))[:self._backward]
         unmeasured = [k for k in tried if ledger.get(k) is None]
@@ -204,15 +203,18 @@ class PathSteps:
         return (None if best is None else best[1]), []
 
     def _increments(self, table: Mapping[str, Any], key: Key) -> tuple[Table, Table]:
-        """The knapsack of a step from `key` on its saliency table (read once per point)."""
-        scores, gains = allocation.scored_tables(table, self._levels)
-        return allocation.increment_tables(scores, gains, self._params(key))
+        """The knapsack of a step from `key` on its saliency table."""
+        return allocation.increment_tables(*self._scored(table), self._params(key))
+
+    def _scored(self, table: Mapping[str, Any]) -> tuple[Table, Table]:
+        """A saliency table's scores and gains on the search space's levels (read once per point)."""
+        return allocation.scored_tables(table, self._levels)
 
     def _propose(self, inc: Table, gain: Table, key: Key, budget: float, retries: int,
                  group: Sequence[str] | None = None) -> tuple[Key, float] | None:
         """The step from `key` with the most predicted gain within `budget` saliency (doubled up to
         `retries` times while nothing fits), moving only `group` (default all), and its predicted
-        saliency; None when nothing """
+        saliency; None when nothing moves."""
         members = self._names if group is None else group
         points = allocation.front({p: inc[p] for p in members}, {p: gain[p] for p in members})
         current = self._params(key)

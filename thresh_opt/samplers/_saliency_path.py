@@ -243,7 +243,8 @@ class SaliencyPathSampler(PathSteps, StampedSampler):
             if table is None:
                 plan.issue.append(Next(key, "path"))  # measured without its table: again, with it
                 return plan
-            inc, gain = self._increments(table, key)
+            scored = self._scored(table)
+            inc, gain = allocation.increment_tables(*scored, self._params(key))
             if scale is None:  # calibrate: a small share of the front, ten times more after each flat step
                 whole = allocation.front(inc, gain)[-1].loss
                 first_budget = FIRST_SHARE * whole if first_budget is None else first_budget * 10
@@ -251,7 +252,7 @@ class SaliencyPathSampler(PathSteps, StampedSampler):
             else:
                 budget = self._step / max(scale, 1e-300)
             if self._backward and scale is not None and not came_down and len(plan.path) > 2:
-                down, unmeasured = self._down(ledger, table, key, budget, plan.path, dense.loss, stale_down)
+                down, unmeasured = self._down(ledger, scored, key, budget, plan.path, dense.loss, stale_down)
                 if unmeasured:
                     plan.issue.extend(Next(k, "back") for k in unmeasured)
                     return plan
@@ -294,4 +295,3 @@ class SaliencyPathSampler(PathSteps, StampedSampler):
             nxt = Next((0.0,) * len(self._names), "wait")
         self._write_stamp(study, trial, {ROLE: nxt.role, PARAMS: self._params(nxt.key), TARGET: nxt.target,
                                          PREDICTED: nxt.predicted})
-
