@@ -136,7 +136,7 @@ class SaliencyPathSampler(PathSteps, StampedSampler):
         if isinstance(groups, str) or not chosen or any(g not in GROUPINGS for g in chosen):
             raise ValueError(f"groups must be a non-empty list of {', '.join(GROUPINGS)}, got {groups!r}")
         self._groups = self._step_groups(steps, chosen)
-        self._down_groups = self._step_groups("blocks", chosen)
+        self._down_groups = parameter_groups(self._names, chosen)
         self._lazy = steps == "lazy"
         self._backward = backward
 

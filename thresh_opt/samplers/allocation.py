@@ -296,6 +296,13 @@ def measured_tables(names: Sequence[str], dense_loss: float, dense_sparsity: flo
     return table, level_gains(table, dict.fromkeys(names, 1.0 / len(names))), False
 
 
+def _standing(row: Mapping[float, float], gains: Mapping[float, float], level: float) -> tuple[float, float, float]:
+    """A param's current level with its score and gain there (level 0.0 scores and gains 0): where the
+    increments and decrements of one linearization are measured from."""
+    now = float(level)
+    return (now, row.get(now, 0.0), gains.get(now, 0.0)) if now > 0 else (now, 0.0, 0.0)
+
+
 def increment_tables(scores: Mapping[str, Mapping[float, float]], gains: Mapping[str, Mapping[float, float]],
                      current: Mapping[str, float]) -> tuple[Table, Table]:
     """The knapsack of one step from a configuration: per param, each level above its current one with
@@ -306,8 +313,7 @@ def increment_tables(scores: Mapping[str, Mapping[float, float]], gains: Mapping
     table: Table = {}
     gain: Table = {}
     for p, row in scores.items():
-        now = float(current.get(p, 0.0))
-        s0, g0 = (row.get(now, 0.0) if now > 0 else 0.0), (gains[p].get(now, 0.0) if now > 0 else 0.0)
+        now, s0, g0 = _standing(row, gains[p], current.get(p, 0.0))
         table[p] = {float(lv): max(0.0, s - s0) for lv, s in row.items() if lv > now}
         gain[p] = {float(lv): gains[p][lv] - g0 for lv in table[p]}
     return table, gain
@@ -328,8 +334,7 @@ def decrement_tables(scores: Mapping[str, Mapping[float, float]], gains: Mapping
     saved: Table = {}
     back: dict[str, dict[float, float]] = {}
     for p, row in scores.items():
-        now = float(current.get(p, 0.0))
-        s0, g0 = (row.get(now, 0.0) if now > 0 else 0.0), (gains[p].get(now, 0.0) if now > 0 else 0.0)
+        now, s0, g0 = _standing(row, gains[p], current.get(p, 0.0))
         below = [float(lv) for lv in (*row, 0.0) if float(lv) < now]
         back[p] = {now - lv: lv for lv in below}
         lost[p] = {d: max(0.0, g0 - gains[p].get(lv, 0.0)) for d, lv in back[p].items()}
