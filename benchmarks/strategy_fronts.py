@@ -2,7 +2,7 @@
 
     python benchmarks/strategy_fronts.py [--model rwkv4|opt] [--only sensitivity,greedy,...]
                                          [--ratios 1.03,1.05,1.07] [--out runs/strategy-fronts/MODEL]
-                                         [--threads 2]
+                                         [--seeds 0,1,2] [--threads 2]
 
 Each strategy is `thresh-opt study run` on `studies/embedded-rwkv4-front.yaml` (8 x 128 calibration tokens,
 objectives loss ratio and MAC-weighted sparsity) with its sampler, in its own process (so its peak memory is
@@ -12,7 +12,10 @@ configuration, not an interpolation), re-evaluated for held-out perplexity. The 
 (`thresh-opt baseline train`, penalties 0.5 / 1 / 2, 200 steps) are evaluated alike; their sparsity at r
 is interpolated along their points; in brackets, their sparsity interpolated at the strategy's held-out
 perplexity (they fit the calibration tokens they were trained on). Results are kept in the output
-folder, so a second run only adds what is missing (`--fresh` starts over).
+folder, so a second run only adds what is missing (`--fresh` starts over). With several calibration seeds
+(`--seeds`), every strategy and the learned thresholds run again on each seed's chunks, each seed is
+compared with its own learned thresholds, and a last table gives the gaps over the seeds (mean, min, max):
+one run's cell moves by 1-3 points with the chunks and even between machines.
 """
 
 from __future__ import annotations
@@ -97,14 +100,15 @@ STRATEGIES: dict[str, tuple[dict[str, Any], str, int]] = {
 FE_CAP = 240.0
 
 
-def run_strategy(label: str, model: str, folder: Path, threads: int) -> dict[str, Any]:
-    """`thresh-opt study run` for one strategy on one model (a MODELS key); its trials' (loss ratio,
-    sparsity, thresholds), cost, wall seconds and peak memory."""
+def run_strategy(label: str, model: str, folder: Path, threads: int, seed: int = 0) -> dict[str, Any]:
+    """`thresh-opt study run` for one strategy on one model (a MODELS key) and calibration seed; its trials'
+    (loss ratio, sparsity, thresholds), cost, wall seconds and peak memory."""
     sampler, role, trials = STRATEGIES[label]
     cfg = yaml.safe_load(TEMPLATE.read_text())
     cfg |= {"name": f"fronts-{label}", "model": {"source": MODELS[model]}, "sampler": sampler,
             "search_space": str(REPO / "search_spaces" / f"{model}-{role}.yaml"), "trials": trials,
             "run_dir": str(folder / "run"), "max_forward_equivalents": FE_CAP * 3}
+    cfg["calibration"] = {**cfg["calibration"], "seed": seed}
     if sampler["name"] in ("tpe", "nsga2", "random"):
         cfg["max_forward_equivalents"] = FE_CAP
     folder.mkdir(parents=True, exist_ok=True)
@@ -138,8 +142,8 @@ def best_at(points: list[dict[str, Any]], ratio: float) -> dict[str, Any] | None
     return max(within, key=lambda p: p["sparsity"]) if within else None
 
 
-def learned(source: str, folder: Path, threads: int) -> list[dict[str, Any]]:
-    """The model's learned thresholds at each penalty (trained once, then kept)."""
+def learned(source: str, folder: Path, threads: int, seed: int = 0) -> list[dict[str, Any]]:
+    """The model's learned thresholds at each penalty on calibration seed `seed` (trained once, then kept)."""
     kept = folder / "learned.json"
     if kept.exists():
         return json.loads(kept.read_text())
@@ -148,84 +152,163 @@ def learned(source: str, folder: Path, threads: int) -> list[dict[str, Any]]:
     made = []
     for penalty in PENALTIES:
         _, setting, path, cost = bc.trained_point(source, penalty, TRAIN_STEPS, folder,
-                                                  ["--count", "8", "--ctx-len", "128"], [])
+                                                  ["--count", "8", "--ctx-len", "128", "--seed", str(seed)], [])
         made.append({"setting": setting, "file": str(path), **cost})
     kept.write_text(json.dumps(made, indent=1))
     return made
 
 
-def main() -> None:
-    """Run what is missing, then print the table (Markdown) and write it with the raw results."""
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--model", choices=list(MODELS), default="rwkv4")
-    p.add_argument("--only", help="comma-separated strategy labels (default: all)")
-    p.add_argument("--ratios", default=",".join(f"{r:g}" for r in RATIOS))
-    p.add_argument("--out", type=Path, help="results folder (default: runs/strategy-fronts/MODEL)")
-    p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--fresh", action="store_true", help="forget kept results")
-    args = p.parse_args()
-    ratios = [float(r) for r in args.ratios.split(",")]
-    source = MODELS[args.model]
-    args.out = args.out or REPO / "runs" / "strategy-fronts" / args.model
-    labels = args.only.split(",") if args.only else list(STRATEGIES)
-    unknown = [x for x in labels if x not in STRATEGIES]
-    if unknown:
-        sys.exit(f"--only: unknown strategy {unknown[0]!r}; allowed: {', '.join(STRATEGIES)}")
+def compare_seed(source: str, labels: list[str], ratios: list[float], folder: Path, threads: int, seed: int,
+                 fresh: bool, model: str) -> dict[str, Any]:
+    """One calibration seed: each strategy's point at each ratio against the learned thresholds trained on
+    the same calibration chunks. Per strategy and ratio: sparsity, gap (points) at equal calibration-loss
+    ratio, held-out perplexity, and the learned thresholds' sparsity at that perplexity (None outside their
+    range); with FE, seconds and peak memory."""
     results = {}
     for label in labels:
-        kept = args.out / label / "result.json"
-        if args.fresh or not kept.exists():
+        kept = folder / label / "result.json"
+        if fresh or not kept.exists():
             kept.parent.mkdir(parents=True, exist_ok=True)
-            kept.write_text(json.dumps(run_strategy(label, args.model, args.out / label, args.threads)))
+            kept.write_text(json.dumps(run_strategy(label, model, folder / label, threads, seed)))
         results[label] = json.loads(kept.read_text())
-    trained = learned(source, args.out / "learned", args.threads)
-
+    trained = learned(source, folder / "learned", threads, seed)
     loaded = load_model(source)
     evaluator = Evaluator(loaded, ["loss_ratio", "perplexity", "sparsity"],
-                          calibration=CalibrationSpec(source="heldout", ctx_len=128, count=8))
+                          calibration=CalibrationSpec(source="heldout", ctx_len=128, count=8, seed=seed))
     for t in trained:
         t["values"] = dict(evaluator.evaluate(json.loads(Path(t["file"]).read_text())).values)
     order = np.argsort([t["values"]["loss_ratio"] for t in trained])
     xs = [trained[i]["values"]["loss_ratio"] for i in order]
     reference = {r: float(np.interp(r, xs, [trained[i]["values"]["sparsity"] for i in order])) for r in ratios}
     ppl = {r: float(np.interp(r, xs, [trained[i]["values"]["perplexity"] for i in order])) for r in ratios}
+    # outside their loss ratios the learned sparsity is their end point's, held flat: a gap there is understated
+    covered = {f"{r:g}": xs[0] <= r <= xs[-1] for r in ratios}
     train_fe = sum(t["forward_equivalents"] for t in trained)
     # the learned thresholds fit the calibration tokens they were trained on: on held-out text, the points
-    # to compare with are theirs at the same perplexity (interpolated; n/a outside their range)
+    # to compare with are theirs at the same perplexity (interpolated; None outside their range)
     by_ppl = sorted((t["values"]["perplexity"], t["values"]["sparsity"]) for t in trained)
 
-    def at_ppl(value: float) -> str:
+    def at_ppl(value: float) -> float | None:
         if not by_ppl[0][0] <= value <= by_ppl[-1][0]:
-            return "n/a"
-        return f"{100 * float(np.interp(value, *zip(*by_ppl))):.1f}"
+            return None
+        return float(np.interp(value, [q for q, _ in by_ppl], [s for _, s in by_ppl]))
 
-    head = " | ".join(f"@{r:g}: sparsity (gap), ppl [learned at that ppl]" for r in ratios)
-    lines = [f"| strategy | {head} | FE | FE / training's | seconds | peak MB |",
-             "|---|" + "---:|" * (len(ratios) + 4)]
-    lines.append("| learned (3 penalties, interpolated) | "
-                 + " | ".join(f"{reference[r]:.1%}, {ppl[r]:.2f}" for r in ratios)
-                 + f" | {train_fe:.0f} | 1 | {sum(t['seconds'] for t in trained):.0f} | "
-                 f"{max(t['peak_memory_mb'] for t in trained):.0f} |")
+    rows: dict[str, Any] = {}
     for label, res in results.items():
-        cells = []
+        cells: dict[str, Any] = {}
         for r in ratios:
             b = best_at(res["points"], r)
             if b is None:
-                cells.append("none")
+                cells[f"{r:g}"] = None
                 continue
-            b.setdefault("perplexity", {})
             key = f"{r:g}"
+            b.setdefault("perplexity", {})
             if key not in b["perplexity"]:
                 b["perplexity"][key] = evaluator.evaluate(b["thresholds"]).values["perplexity"]
-            cells.append(f"{b['sparsity']:.1%} ({100 * (b['sparsity'] - reference[r]):+.1f}), "
-                         f"{b['perplexity'][key]:.2f} [{at_ppl(b['perplexity'][key])}]")
-        lines.append(f"| {label} | " + " | ".join(cells) + f" | {res['forward_equivalents']:.0f} | "
-                     f"{res['forward_equivalents'] / train_fe:.2f} | {res['seconds']:.0f} | "
-                     f"{res['peak_memory_mb']:.0f} |")
-    table = "\n".join(lines)
-    print(table)
-    (args.out / "table.md").write_text(table + "\n")
-    (args.out / "learned-points.json").write_text(json.dumps(trained, indent=1))
+            cells[key] = {"sparsity": b["sparsity"], "gap": 100 * (b["sparsity"] - reference[r]),
+                          "perplexity": b["perplexity"][key], "learned_at_ppl": at_ppl(b["perplexity"][key])}
+        rows[label] = {"cells": cells, "forward_equivalents": res["forward_equivalents"],
+                       "fe_share": res["forward_equivalents"] / train_fe, "seconds": res["seconds"],
+                       "peak_memory_mb": res["peak_memory_mb"]}
+    (folder / "learned-points.json").write_text(json.dumps(trained, indent=1))
+    return {"seed": seed, "reference": reference, "perplexity": ppl, "covered": covered, "train_fe": train_fe,
+            "train_seconds": sum(t["seconds"] for t in trained),
+            "train_peak_mb": max(t["peak_memory_mb"] for t in trained), "rows": rows}
+
+
+def seed_table(one: dict[str, Any], ratios: list[float]) -> str:
+    """One seed's Markdown table: sparsity (gap), held-out perplexity [learned sparsity at that perplexity]."""
+    head = " | ".join(f"@{r:g}: sparsity (gap), ppl [learned at that ppl]" for r in ratios)
+    lines = [f"| strategy | {head} | FE | FE / training's | seconds | peak MB |",
+             "|---|" + "---:|" * (len(ratios) + 4),
+             "| learned (3 penalties, interpolated) | "
+             + " | ".join(f"{one['reference'][r]:.1%}{'' if one['covered'][f'{r:g}'] else '*'}, "
+                          f"{one['perplexity'][r]:.2f}" for r in ratios)
+             + f" | {one['train_fe']:.0f} | 1 | {one['train_seconds']:.0f} | {one['train_peak_mb']:.0f} |"]
+    for label, row in one["rows"].items():
+        cells = []
+        for r in ratios:
+            c = row["cells"][f"{r:g}"]
+            if c is None:
+                cells.append("none")
+                continue
+            at = "n/a" if c["learned_at_ppl"] is None else f"{100 * c['learned_at_ppl']:.1f}"
+            cells.append(f"{c['sparsity']:.1%} ({c['gap']:+.1f}), {c['perplexity']:.2f} [{at}]")
+        lines.append(f"| {label} | " + " | ".join(cells) + f" | {row['forward_equivalents']:.0f} | "
+                     f"{row['fe_share']:.2f} | {row['seconds']:.0f} | {row['peak_memory_mb']:.0f} |")
+    if not all(one["covered"].values()):
+        lines.append("\n\\* beyond the learned thresholds' loss ratios: their end point's sparsity, held flat "
+                     "(the gaps there are understated)")
+    return "\n".join(lines)
+
+
+def _spread(values: list[float]) -> str:
+    return (f"{np.mean(values):+.1f} [{min(values):+.1f}, {max(values):+.1f}]" if len(values) > 1
+            else f"{values[0]:+.1f}") if values else "n/a"
+
+
+def seeds_table(per_seed: list[dict[str, Any]], ratios: list[float]) -> str:
+    """Over calibration seeds, each against its own learned thresholds: per strategy and ratio the gap in
+    points at equal calibration-loss ratio and at equal held-out perplexity (mean [min, max]; the held-out
+    gap over the seeds where the point falls in the learned thresholds' perplexity range), and FE / training's
+    (mean [max])."""
+    head = " | ".join(f"@{r:g}: gap (calibration) / gap (held-out ppl, seeds)" for r in ratios)
+    lines = [f"| strategy ({len(per_seed)} seeds) | {head} | FE / training's |", "|---|" + "---:|" * (len(ratios) + 1)]
+    for label in per_seed[0]["rows"]:
+        cells = []
+        for r in ratios:
+            found = [one["rows"][label]["cells"][f"{r:g}"] for one in per_seed]
+            cal = [c["gap"] for c in found if c is not None]
+            flat = sum(1 for one, c in zip(per_seed, found, strict=True)
+                       if c is not None and not one["covered"][f"{r:g}"])
+            held = [100 * (c["sparsity"] - c["learned_at_ppl"]) for c in found
+                    if c is not None and c["learned_at_ppl"] is not None]
+            cells.append(f"{_spread(cal)}{f' ({flat}*)' if flat else ''} / {_spread(held)} ({len(held)})")
+        shares = [one["rows"][label]["fe_share"] for one in per_seed]
+        lines.append(f"| {label} | " + " | ".join(cells) + f" | {np.mean(shares):.2f} [{max(shares):.2f}] |")
+    lines.append("\nGaps in points (strategy minus learned), mean [min, max] over seeds; (k*): k seeds' learned value "
+                 "held flat beyond their last point (understated gaps); held-out: over the seeds whose learned "
+                 "perplexity range holds the point")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    """Run what is missing, then print the tables (Markdown) and write them with the raw results."""
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--model", choices=list(MODELS), default="rwkv4")
+    p.add_argument("--only", help="comma-separated strategy labels (default: all)")
+    p.add_argument("--ratios", default=",".join(f"{r:g}" for r in RATIOS))
+    p.add_argument("--seeds", default="0", help="comma-separated calibration seeds (default 0); each seed's "
+                   "strategies and learned thresholds run on its own 8 x 128 chunks, kept in OUT/seed-N "
+                   "(seed 0 in OUT itself)")
+    p.add_argument("--out", type=Path, help="results folder (default: runs/strategy-fronts/MODEL)")
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--fresh", action="store_true", help="forget kept results")
+    args = p.parse_args()
+    ratios = [float(r) for r in args.ratios.split(",")]
+    try:
+        seeds = [int(s) for s in args.seeds.split(",")]
+    except ValueError:
+        sys.exit(f"--seeds: expected comma-separated integers, got {args.seeds!r}")
+    source = MODELS[args.model]
+    args.out = args.out or REPO / "runs" / "strategy-fronts" / args.model
+    labels = args.only.split(",") if args.only else list(STRATEGIES)
+    unknown = [x for x in labels if x not in STRATEGIES]
+    if unknown:
+        sys.exit(f"--only: unknown strategy {unknown[0]!r}; allowed: {', '.join(STRATEGIES)}")
+    per_seed = []
+    for seed in seeds:
+        folder = args.out if seed == 0 else args.out / f"seed-{seed}"
+        one = compare_seed(source, labels, ratios, folder, args.threads, seed, args.fresh, args.model)
+        table = seed_table(one, ratios)
+        print(f"calibration seed {seed}\n{table}\n")
+        (folder / "table.md").write_text(table + "\n")
+        per_seed.append(one)
+    if len(per_seed) > 1:
+        summary = seeds_table(per_seed, ratios)
+        print(summary)
+        (args.out / "seeds-table.md").write_text(summary + "\n")
+        (args.out / "seeds.json").write_text(json.dumps(per_seed, indent=1))
 
 
 if __name__ == "__main__":
