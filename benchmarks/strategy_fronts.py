@@ -37,7 +37,7 @@ import yaml
 
 from thresh_opt.baseline import compare as bc
 from thresh_opt.calibration import CalibrationSpec
-from thresh_opt.models import load_model
+from thresh_opt.models import LoadedModel, load_model
 from thresh_opt.objectives import Evaluator
 
 REPO = Path(__file__).resolve().parent.parent
@@ -158,12 +158,13 @@ def learned(source: str, folder: Path, threads: int, seed: int = 0) -> list[dict
     return made
 
 
-def compare_seed(source: str, labels: list[str], ratios: list[float], folder: Path, threads: int, seed: int,
-                 fresh: bool, model: str) -> dict[str, Any]:
+def compare_seed(loaded: LoadedModel, model: str, labels: list[str], ratios: list[float], folder: Path,
+                 threads: int, seed: int, fresh: bool) -> dict[str, Any]:
     """One calibration seed: each strategy's point at each ratio against the learned thresholds trained on
-    the same calibration chunks. Per strategy and ratio: sparsity, gap (points) at equal calibration-loss
-    ratio, held-out perplexity, and the learned thresholds' sparsity at that perplexity (None outside their
-    range); with FE, seconds and peak memory."""
+    the same calibration chunks (`loaded`: the model, loaded once for every seed). Per strategy and ratio:
+    sparsity, gap (points) at equal calibration-loss ratio, held-out perplexity (kept in the strategy's
+    result file), and the learned thresholds' sparsity at that perplexity (None outside their range); with
+    FE, seconds and peak memory."""
     results = {}
     for label in labels:
         kept = folder / label / "result.json"
@@ -171,8 +172,7 @@ def compare_seed(source: str, labels: list[str], ratios: list[float], folder: Pa
             kept.parent.mkdir(parents=True, exist_ok=True)
             kept.write_text(json.dumps(run_strategy(label, model, folder / label, threads, seed)))
         results[label] = json.loads(kept.read_text())
-    trained = learned(source, folder / "learned", threads, seed)
-    loaded = load_model(source)
+    trained = learned(MODELS[model], folder / "learned", threads, seed)
     evaluator = Evaluator(loaded, ["loss_ratio", "perplexity", "sparsity"],
                           calibration=CalibrationSpec(source="heldout", ctx_len=128, count=8, seed=seed))
     for t in trained:
@@ -182,31 +182,26 @@ def compare_seed(source: str, labels: list[str], ratios: list[float], folder: Pa
     reference = {r: float(np.interp(r, xs, [trained[i]["values"]["sparsity"] for i in order])) for r in ratios}
     ppl = {r: float(np.interp(r, xs, [trained[i]["values"]["perplexity"] for i in order])) for r in ratios}
     # outside their loss ratios the learned sparsity is their end point's, held flat: a gap there is understated
-    covered = {f"{r:g}": xs[0] <= r <= xs[-1] for r in ratios}
+    covered = {r: xs[0] <= r <= xs[-1] for r in ratios}
     train_fe = sum(t["forward_equivalents"] for t in trained)
     # the learned thresholds fit the calibration tokens they were trained on: on held-out text, the points
     # to compare with are theirs at the same perplexity (interpolated; None outside their range)
-    by_ppl = sorted((t["values"]["perplexity"], t["values"]["sparsity"]) for t in trained)
-
-    def at_ppl(value: float) -> float | None:
-        if not by_ppl[0][0] <= value <= by_ppl[-1][0]:
-            return None
-        return float(np.interp(value, [q for q, _ in by_ppl], [s for _, s in by_ppl]))
-
+    by_ppl = [t["values"]["perplexity"] for t in trained], [t["values"]["sparsity"] for t in trained]
     rows: dict[str, Any] = {}
     for label, res in results.items():
         cells: dict[str, Any] = {}
         for r in ratios:
-            b = best_at(res["points"], r)
+            key, b = f"{r:g}", best_at(res["points"], r)
             if b is None:
-                cells[f"{r:g}"] = None
+                cells[key] = None
                 continue
-            key = f"{r:g}"
             b.setdefault("perplexity", {})
             if key not in b["perplexity"]:
                 b["perplexity"][key] = evaluator.evaluate(b["thresholds"]).values["perplexity"]
             cells[key] = {"sparsity": b["sparsity"], "gap": 100 * (b["sparsity"] - reference[r]),
-                          "perplexity": b["perplexity"][key], "learned_at_ppl": at_ppl(b["perplexity"][key])}
+                          "perplexity": b["perplexity"][key],
+                          "learned_at_ppl": bc.interp_within(b["perplexity"][key], *by_ppl)}
+        (folder / label / "result.json").write_text(json.dumps(res))  # with the perplexities measured
         rows[label] = {"cells": cells, "forward_equivalents": res["forward_equivalents"],
                        "fe_share": res["forward_equivalents"] / train_fe, "seconds": res["seconds"],
                        "peak_memory_mb": res["peak_memory_mb"]}
@@ -222,7 +217,7 @@ def seed_table(one: dict[str, Any], ratios: list[float]) -> str:
     lines = [f"| strategy | {head} | FE | FE / training's | seconds | peak MB |",
              "|---|" + "---:|" * (len(ratios) + 4),
              "| learned (3 penalties, interpolated) | "
-             + " | ".join(f"{one['reference'][r]:.1%}{'' if one['covered'][f'{r:g}'] else '*'}, "
+             + " | ".join(f"{one['reference'][r]:.1%}{'' if one['covered'][r] else '*'}, "
                           f"{one['perplexity'][r]:.2f}" for r in ratios)
              + f" | {one['train_fe']:.0f} | 1 | {one['train_seconds']:.0f} | {one['train_peak_mb']:.0f} |"]
     for label, row in one["rows"].items():
@@ -243,8 +238,12 @@ def seed_table(one: dict[str, Any], ratios: list[float]) -> str:
 
 
 def _spread(values: list[float]) -> str:
-    return (f"{np.mean(values):+.1f} [{min(values):+.1f}, {max(values):+.1f}]" if len(values) > 1
-            else f"{values[0]:+.1f}") if values else "n/a"
+    """Mean [min, max] of gaps in points; the value alone when there is one."""
+    if not values:
+        return "n/a"
+    if len(values) == 1:
+        return f"{values[0]:+.1f}"
+    return f"{np.mean(values):+.1f} [{min(values):+.1f}, {max(values):+.1f}]"
 
 
 def seeds_table(per_seed: list[dict[str, Any]], ratios: list[float]) -> str:
@@ -260,7 +259,7 @@ def seeds_table(per_seed: list[dict[str, Any]], ratios: list[float]) -> str:
             found = [one["rows"][label]["cells"][f"{r:g}"] for one in per_seed]
             cal = [c["gap"] for c in found if c is not None]
             flat = sum(1 for one, c in zip(per_seed, found, strict=True)
-                       if c is not None and not one["covered"][f"{r:g}"])
+                       if c is not None and not one["covered"][r])
             held = [100 * (c["sparsity"] - c["learned_at_ppl"]) for c in found
                     if c is not None and c["learned_at_ppl"] is not None]
             cells.append(f"{_spread(cal)}{f' ({flat}*)' if flat else ''} / {_spread(held)} ({len(held)})")
@@ -290,16 +289,16 @@ def main() -> None:
         seeds = [int(s) for s in args.seeds.split(",")]
     except ValueError:
         sys.exit(f"--seeds: expected comma-separated integers, got {args.seeds!r}")
-    source = MODELS[args.model]
     args.out = args.out or REPO / "runs" / "strategy-fronts" / args.model
     labels = args.only.split(",") if args.only else list(STRATEGIES)
     unknown = [x for x in labels if x not in STRATEGIES]
     if unknown:
         sys.exit(f"--only: unknown strategy {unknown[0]!r}; allowed: {', '.join(STRATEGIES)}")
     per_seed = []
+    loaded = load_model(MODELS[args.model])  # once for every seed's evaluations (studies run in their own processes)
     for seed in seeds:
         folder = args.out if seed == 0 else args.out / f"seed-{seed}"
-        one = compare_seed(source, labels, ratios, folder, args.threads, seed, args.fresh, args.model)
+        one = compare_seed(loaded, args.model, labels, ratios, folder, args.threads, seed, args.fresh)
         table = seed_table(one, ratios)
         print(f"calibration seed {seed}\n{table}\n")
         (folder / "table.md").write_text(table + "\n")

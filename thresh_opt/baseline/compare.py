@@ -64,11 +64,12 @@ def trained_point(model: str, penalty: float, steps: int, out: Path, calibration
              "peak_memory_mb": data["peak_memory_mb"]})
 
 
-def _interp(x: float, xs: list[float], ys: list[float]) -> float | None:
+def interp_within(x: float, xs: list[float], ys: list[float]) -> float | None:
+    """y at x, linearly between the points (xs, ys) in any order; None outside their range (no verdict)."""
     order = np.argsort(xs)
     xs_sorted, ys_sorted = np.array(xs)[order], np.array(ys)[order]
     if not xs_sorted[0] <= x <= xs_sorted[-1]:
-        return None  # outside the greedy points: no verdict
+        return None
     return float(np.interp(x, xs_sorted, ys_sorted))
 
 
@@ -78,8 +79,8 @@ def verdicts(points: list[Point]) -> list[dict[str, Any]]:
     out = []
     for p in (p for p in points if p.method == "trained"):
         s, ppl = p.values["sparsity"], p.values["perplexity"]
-        g_ppl = _interp(s, [g.values["sparsity"] for g in greedy], [g.values["perplexity"] for g in greedy])
-        g_s = _interp(ppl, [g.values["perplexity"] for g in greedy], [g.values["sparsity"] for g in greedy])
+        g_ppl = interp_within(s, [g.values["sparsity"] for g in greedy], [g.values["perplexity"] for g in greedy])
+        g_s = interp_within(ppl, [g.values["perplexity"] for g in greedy], [g.values["sparsity"] for g in greedy])
         out.append({"trained": p.setting, "sparsity": s, "perplexity": ppl, "greedy_perplexity_at_same_sparsity": g_ppl,
                     "greedy_sparsity_at_same_perplexity": g_s})
     return out
