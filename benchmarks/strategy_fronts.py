@@ -2,7 +2,7 @@
 
     python benchmarks/strategy_fronts.py [--model rwkv4|opt] [--only sensitivity,greedy,...]
                                          [--ratios 1.03,1.05,1.07] [--out runs/strategy-fronts/MODEL]
-                                         [--seeds 0,1,2] [--threads 2]
+                                         [--seeds 0,1,2] [--extra-penalties 3] [--threads 2]
 
 Each strategy is `thresh-opt study run` on `studies/embedded-rwkv4-front.yaml` (8 x 128 calibration tokens,
 objectives loss ratio and MAC-weighted sparsity) with its sampler, in its own process (so its peak memory is
@@ -15,7 +15,9 @@ perplexity (they fit the calibration tokens they were trained on). Results are k
 folder, so a second run only adds what is missing (`--fresh` starts over). With several calibration seeds
 (`--seeds`), every strategy and the learned thresholds run again on each seed's chunks, each seed is
 compared with its own learned thresholds, and a last table gives the gaps over the seeds (mean, min, max):
-one run's cell moves by 1-3 points with the chunks and even between machines.
+one run's cell moves by 1-3 points with the chunks and even between machines. Where the learned points end
+below a ratio their value there is held flat (marked *); `--extra-penalties 3` trains a point further out
+(its FE is not counted in training's, which stays that of the three points the goal is set against).
 """
 
 from __future__ import annotations
@@ -142,24 +144,30 @@ def best_at(points: list[dict[str, Any]], ratio: float) -> dict[str, Any] | None
     return max(within, key=lambda p: p["sparsity"]) if within else None
 
 
-def learned(source: str, folder: Path, threads: int, seed: int = 0) -> list[dict[str, Any]]:
-    """The model's learned thresholds at each penalty on calibration seed `seed` (trained once, then kept)."""
+def learned(source: str, folder: Path, threads: int, seed: int = 0,
+            extra: tuple[float, ...] = ()) -> list[dict[str, Any]]:
+    """The model's learned thresholds at each penalty on calibration seed `seed` (each trained once, then
+    kept); `extra` penalties add points beyond the last loss ratio (marked ``extra``: they bracket the
+    ratios, and their training is not counted in training's FE, which stays that of the three points)."""
     kept = folder / "learned.json"
-    if kept.exists():
-        return json.loads(kept.read_text())
-    folder.mkdir(parents=True, exist_ok=True)
-    os.environ["OMP_NUM_THREADS"] = str(threads)
-    made = []
-    for penalty in PENALTIES:
+    made = json.loads(kept.read_text()) if kept.exists() else []
+    wanted = {f"penalty={p:g}": p for p in (*PENALTIES, *extra)}
+    todo = [p for setting, p in wanted.items() if setting not in {m["setting"] for m in made}]
+    if todo:
+        folder.mkdir(parents=True, exist_ok=True)
+        os.environ["OMP_NUM_THREADS"] = str(threads)
+    for penalty in todo:
         _, setting, path, cost = bc.trained_point(source, penalty, TRAIN_STEPS, folder,
                                                   ["--count", "8", "--ctx-len", "128", "--seed", str(seed)], [])
         made.append({"setting": setting, "file": str(path), **cost})
-    kept.write_text(json.dumps(made, indent=1))
-    return made
+        kept.write_text(json.dumps(made, indent=1))  # each point as soon as it is trained
+    for m in made:
+        m["extra"] = m["setting"] not in {f"penalty={p:g}" for p in PENALTIES}
+    return [m for m in made if m["setting"] in wanted]
 
 
 def compare_seed(loaded: LoadedModel, model: str, labels: list[str], ratios: list[float], folder: Path,
-                 threads: int, seed: int, fresh: bool) -> dict[str, Any]:
+                 threads: int, seed: int, fresh: bool, extra: tuple[float, ...] = ()) -> dict[str, Any]:
     """One calibration seed: each strategy's point at each ratio against the learned thresholds trained on
     the same calibration chunks (`loaded`: the model, loaded once for every seed). Per strategy and ratio:
     sparsity, gap (points) at equal calibration-loss ratio, held-out perplexity (kept in the strategy's
@@ -172,7 +180,7 @@ def compare_seed(loaded: LoadedModel, model: str, labels: list[str], ratios: lis
             kept.parent.mkdir(parents=True, exist_ok=True)
             kept.write_text(json.dumps(run_strategy(label, model, folder / label, threads, seed)))
         results[label] = json.loads(kept.read_text())
-    trained = learned(MODELS[model], folder / "learned", threads, seed)
+    trained = learned(MODELS[model], folder / "learned", threads, seed, extra)
     evaluator = Evaluator(loaded, ["loss_ratio", "perplexity", "sparsity"],
                           calibration=CalibrationSpec(source="heldout", ctx_len=128, count=8, seed=seed))
     for t in trained:
@@ -183,7 +191,7 @@ def compare_seed(loaded: LoadedModel, model: str, labels: list[str], ratios: lis
     ppl = {r: float(np.interp(r, xs, [trained[i]["values"]["perplexity"] for i in order])) for r in ratios}
     # outside their loss ratios the learned sparsity is their end point's, held flat: a gap there is understated
     covered = {r: xs[0] <= r <= xs[-1] for r in ratios}
-    train_fe = sum(t["forward_equivalents"] for t in trained)
+    train_fe = sum(t["forward_equivalents"] for t in trained if not t["extra"])
     # the learned thresholds fit the calibration tokens they were trained on: on held-out text, the points
     # to compare with are theirs at the same perplexity (interpolated; None outside their range)
     by_ppl = [t["values"]["perplexity"] for t in trained], [t["values"]["sparsity"] for t in trained]
@@ -207,7 +215,7 @@ def compare_seed(loaded: LoadedModel, model: str, labels: list[str], ratios: lis
                        "peak_memory_mb": res["peak_memory_mb"]}
     (folder / "learned-points.json").write_text(json.dumps(trained, indent=1))
     return {"seed": seed, "reference": reference, "perplexity": ppl, "covered": covered, "train_fe": train_fe,
-            "train_seconds": sum(t["seconds"] for t in trained),
+            "train_seconds": sum(t["seconds"] for t in trained if not t["extra"]), "points": len(trained),
             "train_peak_mb": max(t["peak_memory_mb"] for t in trained), "rows": rows}
 
 
@@ -216,7 +224,7 @@ def seed_table(one: dict[str, Any], ratios: list[float]) -> str:
     head = " | ".join(f"@{r:g}: sparsity (gap), ppl [learned at that ppl]" for r in ratios)
     lines = [f"| strategy | {head} | FE | FE / training's | seconds | peak MB |",
              "|---|" + "---:|" * (len(ratios) + 4),
-             "| learned (3 penalties, interpolated) | "
+             f"| learned ({one.get('points', 3)} penalties, interpolated; FE of 3) | "
              + " | ".join(f"{one['reference'][r]:.1%}{'' if one['covered'][r] else '*'}, "
                           f"{one['perplexity'][r]:.2f}" for r in ratios)
              + f" | {one['train_fe']:.0f} | 1 | {one['train_seconds']:.0f} | {one['train_peak_mb']:.0f} |"]
@@ -283,6 +291,8 @@ def main() -> None:
     p.add_argument("--out", type=Path, help="results folder (default: runs/strategy-fronts/MODEL)")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--fresh", action="store_true", help="forget kept results")
+    p.add_argument("--extra-penalties", default="", help="comma-separated penalties trained beyond 0.5 / 1 / 2 so "
+                   "that the learned points bracket every ratio (not counted in training's FE)")
     args = p.parse_args()
     ratios = [float(r) for r in args.ratios.split(",")]
     try:
@@ -294,11 +304,15 @@ def main() -> None:
     unknown = [x for x in labels if x not in STRATEGIES]
     if unknown:
         sys.exit(f"--only: unknown strategy {unknown[0]!r}; allowed: {', '.join(STRATEGIES)}")
+    try:
+        extra = tuple(float(x) for x in args.extra_penalties.split(",") if x.strip())
+    except ValueError:
+        sys.exit(f"--extra-penalties: expected comma-separated numbers, got {args.extra_penalties!r}")
     per_seed = []
     loaded = load_model(MODELS[args.model])  # once for every seed's evaluations (studies run in their own processes)
     for seed in seeds:
         folder = args.out if seed == 0 else args.out / f"seed-{seed}"
-        one = compare_seed(loaded, args.model, labels, ratios, folder, args.threads, seed, args.fresh)
+        one = compare_seed(loaded, args.model, labels, ratios, folder, args.threads, seed, args.fresh, extra)
         table = seed_table(one, ratios)
         print(f"calibration seed {seed}\n{table}\n")
         (folder / "table.md").write_text(table + "\n")
