@@ -93,6 +93,42 @@ def test_the_thresholds_file_works_in_evaluate_hardware_estimate_and_study_enque
     assert s.trials[0].params == params and s.trials[0].user_attrs["enqueued_from"] == str(thr)
 
 
+def test_training_starts_from_a_thresholds_file_where_it_gives_one(tmp_path, capsys):
+    names = [f"blocks.{b}.{k}" for b in range(6) for k in ("att.key", "att.receptance", "att.value", "att.output",
+                                                              "ffn.receptance", "ffn.key", "ffn.value")]
+    given = {n: 0.05 * (i + 1) for i, n in enumerate(names[:40])} | {names[40]: 0.0}  # names[41]: not given
+    start = tmp_path / "start.json"
+    start.write_text(json.dumps(given))
+    out = tmp_path / "out.json"
+    common = ["--count", "2", "--ctx-len", "32", "--steps", "1", "--lr", "1e-9", "--json"]
+    assert main(["baseline", "train", "embedded:rwkv4-tiny", "--init-thresholds", str(start), "--output", str(out),
+                 *common]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["config"]["init_thresholds"] == str(start)
+    learned = json.loads(out.read_text())
+    assert all(learned[n] == pytest.approx(v, rel=1e-6) for n, v in given.items() if v > 0)
+    assert learned[names[40]] < 1e-5  # a module at 0 stays (all but) dense
+    # the module the file leaves out starts where --init-sparsity puts it, as without a file
+    assert main(["baseline", "train", "embedded:rwkv4-tiny", "--output", str(tmp_path / "cold.json"), *common]) == 0
+    capsys.readouterr()
+    cold = json.loads((tmp_path / "cold.json").read_text())
+    assert learned[names[41]] == pytest.approx(cold[names[41]], rel=1e-6)
+    assert learned[names[0]] != pytest.approx(cold[names[0]], rel=1e-3)
+
+
+def test_a_bad_thresholds_file_to_start_from_exits_2(tmp_path, capsys):
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps({"blocks.0.att.kee": 0.1}))
+    assert main(["baseline", "train", "embedded:rwkv4-tiny", "--init-thresholds", str(bad), "--count", "2"]) == 2
+    err = capsys.readouterr().err
+    assert str(bad) in err and "blocks.0.att.kee" in err and "did you mean" in err
+    bad.write_text(json.dumps({"blocks.0.att.key": -1}))
+    assert main(["baseline", "train", "embedded:rwkv4-tiny", "--init-thresholds", str(bad), "--count", "2"]) == 2
+    assert ">= 0" in capsys.readouterr().err
+    assert main(["baseline", "train", "embedded:rwkv4-tiny", "--init-thresholds", str(tmp_path / "none.json")]) == 2
+    assert "no such thresholds file" in capsys.readouterr().err
+
+
 def test_bad_training_options_exit_2(capsys):
     assert main(["baseline", "train", "embedded:rwkv4-tiny", "--fine-tune"]) == 2
     assert "--save-model" in capsys.readouterr().err

@@ -51,6 +51,7 @@ class TrainConfig:
     penalty: float = 1.0  # weight of the MAC-weighted density in the loss
     sharpness: float = 4.0  # of the surrogate, on z = |x| / t - 1
     init_sparsity: float = 0.1  # thresholds start at this target sparsity (calibration statistics)
+    init_thresholds: str | None = None  # or, where it gives one, at a file's threshold (a warm start; for the record)
     fine_tune: bool = False
     weight_lr: float = 1e-5
     seed: int = 0
@@ -102,7 +103,8 @@ def train_thresholds(
     Args:
         tm: the thresholded model (its hard thresholds are set to 0 while training).
         chunks: training token chunks (the calibration set: the same data the greedy search sees).
-        init: starting threshold per module (positive).
+        init: starting threshold per module (a 0 starts at 1e-6, where the surrogate's gradient all but
+            vanishes: such a module stays dense).
         cfg: the training settings.
         on_step: progress callback (step, its metrics).
     """

@@ -9,7 +9,14 @@ from pathlib import Path
 from rich.table import Table
 
 from thresh_opt import keys
-from thresh_opt.cli._common import add_model_options, console, emit_json, load_from_args, progress_bar
+from thresh_opt.cli._common import (
+    add_model_options,
+    console,
+    emit_json,
+    load_from_args,
+    progress_bar,
+    read_json_object,
+)
 from thresh_opt.cli.calibrate import add_calibration_options, spec_from_args
 from thresh_opt.errors import UserError
 
@@ -35,6 +42,9 @@ def register(groups: argparse._SubParsersAction) -> None:
     train.add_argument("--penalty", type=float, default=1.0, help="weight of the MAC-weighted density (default 1)")
     train.add_argument("--sharpness", type=float, default=4.0, help="arctan surrogate sharpness (default 4)")
     train.add_argument("--init-sparsity", type=float, default=0.1, help="thresholds start at this target sparsity")
+    train.add_argument("--init-thresholds", type=Path, metavar="FILE.json",
+                       help="start from these thresholds instead (a warm start: e.g. a study trial's, from `study "
+                       "export`); modules the file leaves out start at --init-sparsity")
     train.add_argument("--fine-tune", action="store_true", help="train the model's weights too (needs --save-model)")
     train.add_argument("--weight-lr", type=float, default=1e-5, help="learning rate of the weights (--fine-tune)")
     train.add_argument("--save-model", type=Path, help="folder for the fine-tuned model (save_pretrained)")
@@ -78,16 +88,25 @@ def cmd_train(args: argparse.Namespace) -> int:
         raise UserError(f"--init-sparsity {args.init_sparsity}: allowed strictly between 0 and 1")
     if args.fine_tune and args.save_model is None:
         raise UserError("--fine-tune changes the weights: give --save-model DIR to keep them")
+    given = read_json_object(args.init_thresholds, "thresholds") if args.init_thresholds else {}
     spec = spec_from_args(args)
     loaded = load_from_args(args)
     tm = loaded.thresholded
+    try:
+        tm.set_thresholds(given)  # names and values checked before any work
+    except UserError as exc:
+        raise UserError(f"{args.init_thresholds}: {exc}") from None
+    finally:
+        tm.reset_thresholds()
     chunks = calibration_chunks(loaded, spec, args.cache_dir)
-    init = cached_activation_stats(loaded, spec, cache=args.cache_dir).at(args.init_sparsity)
+    init = {**cached_activation_stats(loaded, spec, cache=args.cache_dir).at(args.init_sparsity),
+            **{name: float(value) for name, value in given.items()}}
     with torch.no_grad():
         dense = mean_loss(tm.model, chunks)
     cfg = TrainConfig(steps=args.steps, batch_size=args.batch_size, lr=args.lr, penalty=args.penalty,
-                      sharpness=args.sharpness, init_sparsity=args.init_sparsity, fine_tune=args.fine_tune,
-                      weight_lr=args.weight_lr, seed=args.train_seed,
+                      sharpness=args.sharpness, init_sparsity=args.init_sparsity,
+                      init_thresholds=str(args.init_thresholds) if args.init_thresholds else None,
+                      fine_tune=args.fine_tune, weight_lr=args.weight_lr, seed=args.train_seed,
                       checkpoint=str(args.checkpoint) if args.checkpoint else None,
                       checkpoint_every=args.checkpoint_every)
     with progress_bar(status=True) as progress:
