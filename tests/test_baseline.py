@@ -14,6 +14,7 @@ from thresh_opt.baseline import TrainConfig, train_thresholds
 from thresh_opt.baseline.learned import _ArctanStep
 from thresh_opt.calibration import CalibrationSpec, cached_activation_stats, calibration_chunks
 from thresh_opt.cli import main
+from thresh_opt.study.export import ExportedThresholds
 
 SMALL = CalibrationSpec(source="heldout", ctx_len=32, count=4, seed=0)
 
@@ -114,6 +115,12 @@ def test_training_starts_from_a_thresholds_file_where_it_gives_one(tmp_path, cap
     cold = json.loads((tmp_path / "cold.json").read_text())
     assert learned[names[41]] == pytest.approx(cold[names[41]], rel=1e-6)
     assert learned[names[0]] != pytest.approx(cold[names[0]], rel=1e-3)
+    # a `study export` folder reads the same (written by the exporter itself)
+    ExportedThresholds("magnitude", given).write(tmp_path / "export")
+    assert main(["baseline", "train", "embedded:rwkv4-tiny", "--init-thresholds", str(tmp_path / "export"),
+                 "--output", str(out), *common]) == 0
+    capsys.readouterr()
+    assert json.loads(out.read_text()) == pytest.approx(learned, rel=1e-6)  # float32 in the export
 
 
 def test_a_bad_thresholds_file_to_start_from_exits_2(tmp_path, capsys):
@@ -122,6 +129,10 @@ def test_a_bad_thresholds_file_to_start_from_exits_2(tmp_path, capsys):
     assert main(["baseline", "train", "embedded:rwkv4-tiny", "--init-thresholds", str(bad), "--count", "2"]) == 2
     err = capsys.readouterr().err
     assert str(bad) in err and "blocks.0.att.kee" in err and "did you mean" in err
+    folder = tmp_path / "export"
+    ExportedThresholds("weight_norm", {"blocks.0.att.key": 0.1}).write(folder)
+    assert main(["baseline", "train", "embedded:rwkv4-tiny", "--init-thresholds", str(folder), "--count", "2"]) == 2
+    assert "weight_norm criterion" in capsys.readouterr().err
     bad.write_text(json.dumps({"blocks.0.att.key": -1}))
     assert main(["baseline", "train", "embedded:rwkv4-tiny", "--init-thresholds", str(bad), "--count", "2"]) == 2
     assert ">= 0" in capsys.readouterr().err

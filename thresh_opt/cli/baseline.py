@@ -42,9 +42,9 @@ def register(groups: argparse._SubParsersAction) -> None:
     train.add_argument("--penalty", type=float, default=1.0, help="weight of the MAC-weighted density (default 1)")
     train.add_argument("--sharpness", type=float, default=4.0, help="arctan surrogate sharpness (default 4)")
     train.add_argument("--init-sparsity", type=float, default=0.1, help="thresholds start at this target sparsity")
-    train.add_argument("--init-thresholds", type=Path, metavar="FILE.json",
-                       help="start from these thresholds instead (a warm start: e.g. a study trial's, from `study "
-                       "export`); modules the file leaves out start at --init-sparsity")
+    train.add_argument("--init-thresholds", type=Path, metavar="FILE.json|EXPORT_DIR",
+                       help="start from these thresholds instead (a warm start: a thresholds file, or a study "
+                       "trial's `study export` folder); modules the file leaves out start at --init-sparsity")
     train.add_argument("--fine-tune", action="store_true", help="train the model's weights too (needs --save-model)")
     train.add_argument("--weight-lr", type=float, default=1e-5, help="learning rate of the weights (--fine-tune)")
     train.add_argument("--save-model", type=Path, help="folder for the fine-tuned model (save_pretrained)")
@@ -72,6 +72,20 @@ def register(groups: argparse._SubParsersAction) -> None:
     cmp.set_defaults(func=cmd_compare)
 
 
+def _start_thresholds(path: Path) -> dict[str, float]:
+    """The thresholds a warm start reads: a JSON object {module name: threshold}, or a `study export` folder
+    (magnitude thresholds only: training learns those)."""
+    if not path.is_dir():
+        return read_json_object(path, "thresholds")
+    from thresh_opt.study.export import ExportedThresholds
+
+    exported = ExportedThresholds.read(path)
+    if exported.criterion != "magnitude":
+        raise UserError(f"{path}: thresholds of the {exported.criterion} criterion; training learns magnitude "
+                        "thresholds (export a trial of a study with criterion: magnitude)")
+    return exported.thresholds
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     """Train, write the thresholds, print loss and sparsity before and after."""
     import torch
@@ -88,7 +102,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         raise UserError(f"--init-sparsity {args.init_sparsity}: allowed strictly between 0 and 1")
     if args.fine_tune and args.save_model is None:
         raise UserError("--fine-tune changes the weights: give --save-model DIR to keep them")
-    given = read_json_object(args.init_thresholds, "thresholds") if args.init_thresholds else {}
+    given = _start_thresholds(args.init_thresholds) if args.init_thresholds else {}
     spec = spec_from_args(args)
     loaded = load_from_args(args)
     tm = loaded.thresholded
