@@ -151,19 +151,32 @@ def learned(source: str, folder: Path, threads: int, seed: int = 0,
     ratios, and their training is not counted in training's FE, which stays that of the three points)."""
     kept = folder / "learned.json"
     made = json.loads(kept.read_text()) if kept.exists() else []
-    wanted = {f"penalty={p:g}": p for p in (*PENALTIES, *extra)}
-    todo = [p for setting, p in wanted.items() if setting not in {m["setting"] for m in made}]
-    if todo:
+    have = {m["setting"] for m in made}
+    for penalty in (*PENALTIES, *extra):
+        if f"penalty={penalty:g}" in have:
+            continue
         folder.mkdir(parents=True, exist_ok=True)
         os.environ["OMP_NUM_THREADS"] = str(threads)
-    for penalty in todo:
         _, setting, path, cost = bc.trained_point(source, penalty, TRAIN_STEPS, folder,
                                                   ["--count", "8", "--ctx-len", "128", "--seed", str(seed)], [])
         made.append({"setting": setting, "file": str(path), **cost})
         kept.write_text(json.dumps(made, indent=1))  # each point as soon as it is trained
-    for m in made:
-        m["extra"] = m["setting"] not in {f"penalty={p:g}" for p in PENALTIES}
-    return [m for m in made if m["setting"] in wanted]
+    wanted = {f"penalty={p:g}" for p in (*PENALTIES, *extra)}
+    return [m | {"extra": m["setting"] not in {f"penalty={p:g}" for p in PENALTIES}} for m in made
+            if m["setting"] in wanted]
+
+
+def learned_values(trained: list[dict[str, Any]], evaluator: Evaluator, folder: Path) -> None:
+    """Each learned point's loss ratio, held-out perplexity and sparsity (measured once, then kept with it in
+    `folder`/learned.json, which `benchmarks/warm_start.py` reads too)."""
+    if all("values" in t for t in trained):
+        return
+    for t in trained:
+        t.setdefault("values", dict(evaluator.evaluate(json.loads(Path(t["file"]).read_text())).values))
+    kept = folder / "learned.json"
+    every = {m["setting"]: m for m in json.loads(kept.read_text())}
+    every |= {t["setting"]: {k: v for k, v in t.items() if k != "extra"} for t in trained}
+    kept.write_text(json.dumps(list(every.values()), indent=1))
 
 
 def compare_seed(loaded: LoadedModel, model: str, labels: list[str], ratios: list[float], folder: Path,
@@ -183,8 +196,7 @@ def compare_seed(loaded: LoadedModel, model: str, labels: list[str], ratios: lis
     trained = learned(MODELS[model], folder / "learned", threads, seed, extra)
     evaluator = Evaluator(loaded, ["loss_ratio", "perplexity", "sparsity"],
                           calibration=CalibrationSpec(source="heldout", ctx_len=128, count=8, seed=seed))
-    for t in trained:
-        t["values"] = dict(evaluator.evaluate(json.loads(Path(t["file"]).read_text())).values)
+    learned_values(trained, evaluator, folder / "learned")
     order = np.argsort([t["values"]["loss_ratio"] for t in trained])
     xs = [trained[i]["values"]["loss_ratio"] for i in order]
     reference = {r: float(np.interp(r, xs, [trained[i]["values"]["sparsity"] for i in order])) for r in ratios}
@@ -213,7 +225,6 @@ def compare_seed(loaded: LoadedModel, model: str, labels: list[str], ratios: lis
         rows[label] = {"cells": cells, "forward_equivalents": res["forward_equivalents"],
                        "fe_share": res["forward_equivalents"] / train_fe, "seconds": res["seconds"],
                        "peak_memory_mb": res["peak_memory_mb"]}
-    (folder / "learned-points.json").write_text(json.dumps(trained, indent=1))
     return {"seed": seed, "reference": reference, "perplexity": ppl, "covered": covered, "train_fe": train_fe,
             "train_seconds": sum(t["seconds"] for t in trained if not t["extra"]), "points": len(trained),
             "train_peak_mb": max(t["peak_memory_mb"] for t in trained), "rows": rows}

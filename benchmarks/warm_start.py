@@ -6,13 +6,13 @@ scratch, side by side on the same calibration chunks.
                                     [--penalties 1,1.5,2] [--threads 2]
 
 Reads what `benchmarks/strategy_fronts.py --out OUT --seeds ...` left (each strategy's points, and the learned
-thresholds with their values, per seed). At each ratio r of 1.03 / 1.05 / 1.07 the strategy's sparsest point
-with loss ratio <= r starts `thresh-opt baseline train --init-thresholds` with the matching penalty and
-`--steps` steps (each in its own process, like the learned thresholds). Training moves the point along
-the loss-sparsity plane, so each trained point is compared with the learned thresholds at its own loss
-ratio (interpolated between their points, as their value at r is) and at its held-out perplexity. Its cost
-is the strategy's FE plus the warm steps', against training's (the three penalties' 600 FE). Results are
-kept in OUT/[seed-N/]STRATEGY/warm (`--fresh` trains again).
+thresholds with their values, `--extra-penalties` ones too, per seed). At each ratio r of 1.03 / 1.05 / 1.07
+the strategy's sparsest point with loss ratio <= r starts `thresh-opt baseline train --init-thresholds` with
+the matching penalty and `--steps` steps (each in its own process, like the learned thresholds). Training
+moves the point along the loss-sparsity plane, so each trained point is compared with the learned thresholds
+at its own loss ratio (interpolated between their points, as their value at r is) and at its held-out
+perplexity. Its cost is the strategy's FE plus the warm steps', against training's (the three penalties'
+600 FE). Results are kept in OUT/[seed-N/]STRATEGY/warm (`--fresh` trains again).
 """
 
 from __future__ import annotations
@@ -27,27 +27,32 @@ from typing import Any
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import numpy as np
-from strategy_fronts import MODELS, REPO, best_at
+from strategy_fronts import MODELS, PENALTIES, REPO, best_at
 
 from thresh_opt.baseline import compare as bc
 from thresh_opt.calibration import CalibrationSpec
-from thresh_opt.models import LoadedModel, load_model
+from thresh_opt.models import load_model
 from thresh_opt.objectives import Evaluator
 
 RATIOS = (1.03, 1.05, 1.07)
 
 
-def warm_points(loaded: LoadedModel, source: str, folder: Path, label: str, seed: int, steps: int,
-                penalties: list[float], threads: int, fresh: bool) -> dict[str, Any]:
-    """One strategy on one seed: the warm-trained point from each ratio's start, with its values, its gaps
-    to the learned thresholds (at its loss ratio and at its held-out perplexity) and the total FE."""
-    learned = json.loads((folder / "learned-points.json").read_text())
-    by_ratio = [m["values"]["loss_ratio"] for m in learned], [m["values"]["sparsity"] for m in learned]
-    by_ppl = [m["values"]["perplexity"] for m in learned], [m["values"]["sparsity"] for m in learned]
-    train_fe = sum(m["forward_equivalents"] for m in learned if not m.get("extra"))
+def learned_curve(folder: Path) -> dict[str, Any]:
+    """The learned thresholds of one seed as strategy_fronts.py kept them: their (loss ratio, sparsity) and
+    (perplexity, sparsity) points, and training's FE (the three goal penalties')."""
+    learned = [m for m in json.loads((folder / "learned" / "learned.json").read_text()) if "values" in m]
+    main_settings = {f"penalty={p:g}" for p in PENALTIES}
+    return {"by_ratio": ([m["values"]["loss_ratio"] for m in learned], [m["values"]["sparsity"] for m in learned]),
+            "by_ppl": ([m["values"]["perplexity"] for m in learned], [m["values"]["sparsity"] for m in learned]),
+            "train_fe": sum(m["forward_equivalents"] for m in learned if m["setting"] in main_settings)}
+
+
+def warm_points(evaluator: Evaluator, curve: dict[str, Any], source: str, folder: Path, label: str, seed: int,
+                steps: int, penalties: list[float], threads: int, fresh: bool) -> dict[str, Any]:
+    """One strategy on one seed (`evaluator` on that seed's chunks, `curve` its learned thresholds): the
+    warm-trained point from each ratio's start, with its values, its gaps to the learned thresholds (at its
+    loss ratio and at its held-out perplexity) and the total FE."""
     result = json.loads((folder / label / "result.json").read_text())
-    evaluator = Evaluator(loaded, ["loss_ratio", "perplexity", "sparsity"],
-                          calibration=CalibrationSpec(source="heldout", ctx_len=128, count=8, seed=seed))
     warm = folder / label / "warm"
     warm.mkdir(parents=True, exist_ok=True)
     points, fe = [], result["forward_equivalents"]
@@ -70,14 +75,14 @@ def warm_points(loaded: LoadedModel, source: str, folder: Path, label: str, seed
                                         "seconds": data["seconds"], "peak_memory_mb": data["peak_memory_mb"]}))
         point = json.loads(kept.read_text())
         v = point["values"]
-        at_ratio = bc.interp_within(v["loss_ratio"], *by_ratio)
-        at_ppl = bc.interp_within(v["perplexity"], *by_ppl)
+        at_ratio = bc.interp_within(v["loss_ratio"], *curve["by_ratio"])
+        at_ppl = bc.interp_within(v["perplexity"], *curve["by_ppl"])
         point |= {"ratio": ratio, "penalty": penalty,
                   "gap": None if at_ratio is None else 100 * (v["sparsity"] - at_ratio),
                   "gap_ppl": None if at_ppl is None else 100 * (v["sparsity"] - at_ppl)}
         points.append(point)
         fe += point["forward_equivalents"]
-    return {"points": points, "forward_equivalents": fe, "fe_share": fe / train_fe,
+    return {"points": points, "forward_equivalents": fe, "fe_share": fe / curve["train_fe"],
             "strategy_fe": result["forward_equivalents"]}
 
 
@@ -144,10 +149,13 @@ def main() -> None:
     for seed in seeds:
         folder = out if seed == 0 else out / f"seed-{seed}"
         missing = [x for x in args.labels.split(",") if not (folder / x / "result.json").exists()]
-        if missing or not (folder / "learned-points.json").exists():
+        curve = learned_curve(folder) if (folder / "learned" / "learned.json").exists() else None
+        if missing or curve is None or not curve["by_ratio"][0]:
             sys.exit(f"{folder}: run benchmarks/strategy_fronts.py --out {out} --seeds {args.seeds} first "
-                     f"(missing: {', '.join(missing) or 'learned-points.json'})")
-        rows = {label: warm_points(loaded, MODELS[args.model], folder, label, seed, args.steps, penalties,
+                     f"(missing: {', '.join(missing) or 'the learned thresholds and their values'})")
+        evaluator = Evaluator(loaded, ["loss_ratio", "perplexity", "sparsity"],
+                              calibration=CalibrationSpec(source="heldout", ctx_len=128, count=8, seed=seed))
+        rows = {label: warm_points(evaluator, curve, MODELS[args.model], folder, label, seed, args.steps, penalties,
                                    args.threads, args.fresh) for label in args.labels.split(",")}
         print(f"calibration seed {seed}\n{seed_table(rows, args.steps)}\n")
         per_seed.append(rows)

@@ -51,7 +51,7 @@ class TrainConfig:
     penalty: float = 1.0  # weight of the MAC-weighted density in the loss
     sharpness: float = 4.0  # of the surrogate, on z = |x| / t - 1
     init_sparsity: float = 0.1  # thresholds start at this target sparsity (calibration statistics)
-    init_thresholds: str | None = None  # or, where it gives one, at a file's threshold (a warm start; for the record)
+    init_thresholds: str | None = None  # the file a warm start read its thresholds from (recorded only)
     fine_tune: bool = False
     weight_lr: float = 1e-5
     seed: int = 0

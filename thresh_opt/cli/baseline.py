@@ -107,14 +107,15 @@ def cmd_train(args: argparse.Namespace) -> int:
     loaded = load_from_args(args)
     tm = loaded.thresholded
     try:
-        tm.set_thresholds(given)  # names and values checked before any work
+        tm.set_thresholds(given)  # names and values checked before any work (a bad file changes none)
     except UserError as exc:
         raise UserError(f"{args.init_thresholds}: {exc}") from None
-    finally:
-        tm.reset_thresholds()
+    init = tm.thresholds
+    tm.reset_thresholds()  # the dense loss below
     chunks = calibration_chunks(loaded, spec, args.cache_dir)
-    init = {**cached_activation_stats(loaded, spec, cache=args.cache_dir).at(args.init_sparsity),
-            **{name: float(value) for name, value in given.items()}}
+    if missing := [name for name in tm.names if name not in given]:  # no statistics when the file gives all
+        stats = cached_activation_stats(loaded, spec, cache=args.cache_dir).at(args.init_sparsity)
+        init |= {name: stats[name] for name in missing}
     with torch.no_grad():
         dense = mean_loss(tm.model, chunks)
     cfg = TrainConfig(steps=args.steps, batch_size=args.batch_size, lr=args.lr, penalty=args.penalty,
