@@ -13,6 +13,11 @@ moves the point along the loss-sparsity plane, so each trained point is compared
 at its own loss ratio (interpolated between their points, as their value at r is) and at its held-out
 perplexity. Its cost is the strategy's FE plus the warm steps', against training's (the three penalties'
 600 FE). Results are kept in OUT/[seed-N/]STRATEGY/warm (`--fresh` trains again).
+
+`--studies FILE,...` adds rows from study files with a `refine` section (the same hybrid inside the study
+engine: `thresh-opt study run`, its refined points): each runs once per seed on that seed's chunks, in
+OUT/[seed-N/]study-NAME, and its refined points are scored like the warm-trained ones (their held-out
+perplexity measured here); its FE is the whole study's (search, dense reference, refined points).
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ from typing import Any
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import numpy as np
+import yaml
 from strategy_fronts import MODELS, PENALTIES, REPO, best_at
 
 from thresh_opt.baseline import compare as bc
@@ -73,17 +79,49 @@ def warm_points(evaluator: Evaluator, curve: dict[str, Any], source: str, folder
             kept.write_text(json.dumps({"start": {k: start[k] for k in ("loss_ratio", "sparsity")}, "values": values,
                                         "forward_equivalents": data["forward_equivalents"],
                                         "seconds": data["seconds"], "peak_memory_mb": data["peak_memory_mb"]}))
-        point = json.loads(kept.read_text())
-        v = point["values"]
-        at_ratio = bc.interp_within(v["loss_ratio"], *curve["by_ratio"])
-        at_ppl = bc.interp_within(v["perplexity"], *curve["by_ppl"])
-        point |= {"ratio": ratio, "penalty": penalty,
-                  "gap": None if at_ratio is None else 100 * (v["sparsity"] - at_ratio),
-                  "gap_ppl": None if at_ppl is None else 100 * (v["sparsity"] - at_ppl)}
+        point = scored(json.loads(kept.read_text()), curve, ratio, penalty)
         points.append(point)
         fe += point["forward_equivalents"]
     return {"points": points, "forward_equivalents": fe, "fe_share": fe / curve["train_fe"],
             "strategy_fe": result["forward_equivalents"]}
+
+
+def scored(point: dict[str, Any], curve: dict[str, Any], ratio: float, penalty: float) -> dict[str, Any]:
+    """A trained point with its gaps to the learned thresholds at its own loss ratio and held-out perplexity."""
+    v = point["values"]
+    at_ratio = bc.interp_within(v["loss_ratio"], *curve["by_ratio"])
+    at_ppl = bc.interp_within(v["perplexity"], *curve["by_ppl"])
+    return point | {"ratio": ratio, "penalty": penalty,
+                    "gap": None if at_ratio is None else 100 * (v["sparsity"] - at_ratio),
+                    "gap_ppl": None if at_ppl is None else 100 * (v["sparsity"] - at_ppl)}
+
+
+def study_points(evaluator: Evaluator, curve: dict[str, Any], study_file: Path, folder: Path, seed: int,
+                 threads: int, fresh: bool) -> dict[str, Any]:
+    """A study file with `refine`, run on calibration seed `seed`: its refined points, scored."""
+    cfg = yaml.safe_load(study_file.read_text())
+    run_dir = folder / f"study-{cfg['name']}"
+    kept = run_dir / "result.json"
+    if fresh or not kept.exists():
+        if isinstance(cfg.get("search_space"), str):
+            cfg["search_space"] = str((study_file.parent / cfg["search_space"]).resolve())
+        cfg["calibration"] = {**cfg.get("calibration", {}), "seed": seed}
+        cfg["run_dir"] = str(run_dir / "run")
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / "study.yaml").write_text(yaml.safe_dump(cfg))
+        os.environ["OMP_NUM_THREADS"] = str(threads)
+        kept.write_text(json.dumps(bc.produce(["study", "run", str(run_dir / "study.yaml")])))
+    data = json.loads(kept.read_text())
+    points = []
+    for r in data["refined"]:
+        if "thresholds" not in r:
+            continue
+        point = {"start": r["start"], "values": dict(evaluator.evaluate(r["thresholds"]).values),
+                 "forward_equivalents": r["forward_equivalents"], "seconds": r["seconds"]}
+        points.append(scored(point, curve, r["setting"]["target"], r["setting"]["penalty"]))
+    fe = data["cost"]["total_forward_equivalents"]
+    return {"points": points, "forward_equivalents": fe, "fe_share": fe / curve["train_fe"],
+            "strategy_fe": fe - data["cost"]["refined_forward_equivalents"]}
 
 
 def _gap(x: float | None) -> str:
@@ -133,6 +171,7 @@ def main() -> None:
                    help="comma-separated strategies whose points start the training")
     p.add_argument("--steps", type=int, default=15, help="training steps per point (default 15)")
     p.add_argument("--penalties", default="1,1.5,2", help="penalty from the 1.03 / 1.05 / 1.07 points")
+    p.add_argument("--studies", default="", help="comma-separated study files with a `refine` section (rows too)")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--fresh", action="store_true", help="train again")
     args = p.parse_args()
@@ -148,7 +187,7 @@ def main() -> None:
     per_seed = []
     for seed in seeds:
         folder = out if seed == 0 else out / f"seed-{seed}"
-        missing = [x for x in args.labels.split(",") if not (folder / x / "result.json").exists()]
+        missing = [x for x in filter(None, args.labels.split(",")) if not (folder / x / "result.json").exists()]
         curve = learned_curve(folder) if (folder / "learned" / "learned.json").exists() else None
         if missing or curve is None or not curve["by_ratio"][0]:
             sys.exit(f"{folder}: run benchmarks/strategy_fronts.py --out {out} --seeds {args.seeds} first "
@@ -156,7 +195,10 @@ def main() -> None:
         evaluator = Evaluator(loaded, ["loss_ratio", "perplexity", "sparsity"],
                               calibration=CalibrationSpec(source="heldout", ctx_len=128, count=8, seed=seed))
         rows = {label: warm_points(evaluator, curve, MODELS[args.model], folder, label, seed, args.steps, penalties,
-                                   args.threads, args.fresh) for label in args.labels.split(",")}
+                                   args.threads, args.fresh) for label in args.labels.split(",") if label}
+        for name in filter(None, args.studies.split(",")):
+            rows[f"study:{Path(name).stem}"] = study_points(evaluator, curve, Path(name).resolve(), folder, seed,
+                                                             args.threads, args.fresh)
         print(f"calibration seed {seed}\n{seed_table(rows, args.steps)}\n")
         per_seed.append(rows)
     if len(per_seed) > 1:

@@ -188,3 +188,13 @@ def test_the_deciding_comparison_file():
     assert sum(c.label == "tpe" for c in contenders) == 10 and sum(c.label == "sensitivity" for c in contenders) == 1
     learned = [json.loads(Path(r.thresholds).read_text()) for r in ccfg.references]
     assert len(learned) == 3 and all(len(t) == 42 for t in learned)  # one threshold per rwkv4-tiny module
+
+
+def test_a_templates_refine_section_is_not_run_by_a_comparison(tmp_path):
+    from thresh_opt.study.compare import load_compare
+
+    path = write(tmp_path)
+    (tmp_path / "tmpl.yaml").write_text(yaml.safe_dump({**TEMPLATE, "name": "tmpl", "refine": {"steps": 2}}))
+    _cfg, template, contenders = load_compare(path)
+    assert template.refine is not None and template.refine.steps == 2
+    assert contenders and all(c.cfg.refine is None for c in contenders)  # budgets compare the searches alone

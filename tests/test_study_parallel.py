@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -141,7 +142,9 @@ def test_a_study_on_a_ray_cluster_tracked_by_an_mlflow_server(tmp_path):
                 break
             except OSError:
                 time.sleep(1)
-        path = write(tmp_path, "c", sampler={"name": "random"}, trials=4)
+        # refined on a Ray worker too (training in the actor), and tracked by the server
+        path = write(tmp_path, "c", sampler={"name": "random"}, trials=4,
+                     refine={"targets": [1.05], "penalties": 1.0, "steps": 2, "batch_size": 2})
         joined = subprocess.run([sys.executable, "-m", "thresh_opt", "study", "run", str(path), "--ray-address",
                                  address, "--workers", "2", "--tracking-uri", uri, "--json"],
                                 env={**RAY_ENV, "HF_HUB_OFFLINE": "1"}, capture_output=True, text=True, timeout=600)
@@ -152,6 +155,12 @@ def test_a_study_on_a_ray_cluster_tracked_by_an_mlflow_server(tmp_path):
         client = MlflowClient(uri)
         runs = client.search_runs([client.get_experiment_by_name("c").experiment_id], max_results=50)
         assert sum(1 for r in runs if "trial_number" in r.data.tags) == 4
+        (record,) = study.user_attrs[keys.REFINED]
+        start = study.trials[record["setting"]["from_trial"]]
+        assert record["thresholds"] != json.loads(start.user_attrs["thresholds"])  # trained in the actor
+        assert record[keys.FORWARD_EQUIVALENTS] == pytest.approx(2 * 2 + 1, abs=0.01)
+        (refined,) = [r for r in runs if r.data.tags.get("refined_target") == "1.05"]
+        assert refined.data.metrics["loss_ratio"] == pytest.approx(record["values"]["loss_ratio"])
         parent = next(r for r in runs if r.data.tags.get("thresh_opt_role") == "study")
         assert any(a.path == "study" for a in client.list_artifacts(parent.info.run_id))
     finally:
@@ -205,8 +214,14 @@ def _two_drivers(tmp_path, name, path):
 
 
 def test_two_drivers_share_one_study_without_losing_or_repeating_trials(tmp_path):
-    path = write(tmp_path, "two", sampler={"name": "random"}, trials=100, baselines={"dense": True, "uniform": [0.5]})
+    path = write(tmp_path, "two", sampler={"name": "random"}, trials=100, baselines={"dense": True, "uniform": [0.5]},
+                 refine={"targets": [1.02, 1.05], "penalties": 1.0, "steps": 2, "batch_size": 2})
     study = _two_drivers(tmp_path, "two", path)
+    # each target refined once, by whichever driver got to it first (the other found its record)
+    client = MlflowClient(f"sqlite:///{tmp_path / 'two' / 'mlflow.db'}")
+    runs = client.search_runs([client.get_experiment_by_name("two").experiment_id], max_results=500)
+    assert sorted(r.data.tags["refined_target"] for r in runs if "refined_target" in r.data.tags) == ["1.02", "1.05"]
+    assert sorted(r["setting"]["target"] for r in study.user_attrs[keys.REFINED]) == [1.02, 1.05]
     assert sum(evaluated(t) for t in study.trials) == 100  # the budget, not one more
     params = [tuple(sorted(t.params.items())) for t in study.trials]
     for level in (0.0, 0.5):  # each baseline enqueued and evaluated once

@@ -79,16 +79,20 @@ def cost_history(study: optuna.Study) -> list[float]:
 
 def cost_totals(study: optuna.Study) -> dict[str, float]:
     """What a study cost: forward-equivalents (trials, the dense reference's passes, the front metrics'
-    measurements, and their total), seconds of evaluation (trials and front metrics), the most memory the
+    measurements, the refined points' training and measurement, and their total), seconds of evaluation
+    (trials, front metrics and refined points), the most memory the
     incremental engine held, and how many trials skipped expensive objectives."""
     trials = study.get_trials(deepcopy=False)
     fe = sum(float(t.user_attrs.get(keys.FORWARD_EQUIVALENTS, 0.0)) for t in trials)
     reference = float(study.user_attrs.get(keys.REFERENCE_FE, 0.0))
     front = study.user_attrs.get(keys.FRONT_COST, {keys.FORWARD_EQUIVALENTS: 0.0, keys.SECONDS: 0.0})
+    refined = [r for r in study.user_attrs.get(keys.REFINED, []) if keys.FORWARD_EQUIVALENTS in r]
+    refined_fe = sum(float(r[keys.FORWARD_EQUIVALENTS]) for r in refined)
     return {"trials": len(trials), "forward_equivalents": fe, "reference_forward_equivalents": reference,
-            "front_forward_equivalents": front[keys.FORWARD_EQUIVALENTS],
-            "total_forward_equivalents": fe + reference + front[keys.FORWARD_EQUIVALENTS],
-            "seconds": sum(float(t.user_attrs.get(keys.SECONDS, 0.0)) for t in trials) + front[keys.SECONDS],
+            "front_forward_equivalents": front[keys.FORWARD_EQUIVALENTS], "refined_forward_equivalents": refined_fe,
+            "total_forward_equivalents": fe + reference + front[keys.FORWARD_EQUIVALENTS] + refined_fe,
+            "seconds": sum(float(t.user_attrs.get(keys.SECONDS, 0.0)) for t in trials) + front[keys.SECONDS]
+            + sum(float(r[keys.SECONDS]) for r in refined),
             "peak_cache_mb": max((float(t.user_attrs.get(keys.CACHE_MB, 0.0)) for t in trials), default=0.0),
             "skipped_trials": sum(1 for t in trials if keys.SKIPPED in t.user_attrs)}
 

@@ -11,6 +11,7 @@ DENSE_SPARSITY = "thresh_opt:dense_sparsity"
 FINAL = "thresh_opt:final"  # a stepped sampler's final configurations
 FRONT_METRICS = "thresh_opt:front_metrics"  # trial number -> metric -> value, measured after the search
 FRONT_COST = "thresh_opt:front_cost"  # forward-equivalents and seconds of those measurements
+REFINED = "thresh_opt:refined"  # warm-started training from the search's points: one record per target
 GROUPS = "thresh_opt:groups"  # parameter -> modules
 GRADIENT_SCORES = "thresh_opt:gradient_scores"  # {"scores", "gains"}: parameter -> [[level, value], ...]
 HARDWARE = "thresh_opt:hardware"

@@ -214,6 +214,27 @@ class StudyTracker(_Tracker):
 
         self.client.log_batch(run_id, metrics=[Metric(f"front.{k}", float(v), now, 0) for k, v in values.items()])
 
+    def log_refined(self, record: dict[str, Any]) -> None:
+        """A nested run for a refined point (`thresh_opt.study.refine`): its setting as parameters, its
+        objective values, cost and per-module sparsity as metrics, its thresholds as an artifact."""
+        from mlflow.entities import Metric, Param
+
+        self.flush()
+        setting = record["setting"]
+        tags = {"mlflow.parentRunId": self.parent, "refined_target": str(setting["target"])}
+        if "skipped" in record:
+            tags["skipped"] = record["skipped"]
+        run = self.client.create_run(self.experiment_id, run_name=f"refined-{setting['target']}", tags=tags)
+        now = int(time.time() * 1000)
+        numbers = {**record.get("values", {}), **{k: record[k] for k in (keys.FORWARD_EQUIVALENTS, keys.SECONDS)
+                                                   if k in record}}
+        metrics = [Metric(k, float(v), now, 0) for k, v in numbers.items()]
+        metrics += [Metric(f"sparsity.{k}", float(v), now, 0) for k, v in record.get("per_module_sparsity", {}).items()]
+        self.client.log_batch(run.info.run_id, metrics=metrics, params=[Param(k, repr(v)) for k, v in setting.items()])
+        if record.get("thresholds"):
+            self.client.log_text(run.info.run_id, json.dumps(record["thresholds"], indent=1), "thresholds.json")
+        self.client.set_terminated(run.info.run_id, status="FINISHED")
+
 
 class CompareTracker(_Tracker):
     """Logs a comparison: one parent run, a nested run per (sampler, seed) study with its hypervolume

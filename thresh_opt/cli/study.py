@@ -54,8 +54,10 @@ def register(groups: argparse._SubParsersAction) -> None:
     show.set_defaults(func=cmd_show)
     export = verbs.add_parser("export", help="write a trial's thresholds (JSON, safetensors) and SENECA report")
     _locate(export)
-    export.add_argument("--trial", type=int, required=True)
-    export.add_argument("--out", type=Path, help="output folder (default RUN_DIR/export/trial-N)")
+    which = export.add_mutually_exclusive_group(required=True)
+    which.add_argument("--trial", type=int)
+    which.add_argument("--refined", type=float, metavar="RATIO", help="the refined point of this target (`refine`)")
+    export.add_argument("--out", type=Path, help="output folder (default RUN_DIR/export/trial-N or refined-RATIO)")
     export.set_defaults(func=cmd_export)
 
 
@@ -129,7 +131,7 @@ def _run(args: argparse.Namespace) -> int:
             progress.update(task, completed=done, status=f"trial {trial.number}: {shown}{pruned}"
                             f" | {spent[0]:.1f} FE, cache {result.cache_mb:.0f} MB")
 
-        study = run_study(run, executor, on_trial, on_front=tracker.log_front)
+        study = run_study(run, executor, on_trial, on_front=tracker.log_front, on_refined=tracker.log_refined)
     files = analysis.write_plots(study, run_dir / keys.PLOTS_DIR)
     hv = analysis.hypervolume_history(study)
     totals = analysis.cost_totals(study)
@@ -139,7 +141,7 @@ def _run(args: argparse.Namespace) -> int:
     rows = analysis.front_table(study)
     if args.json:
         emit_json({"study": cfg.name, "run_dir": str(run_dir), "front": rows, "final": study.user_attrs.get(keys.FINAL),
-                   "trials": len(study.trials), "cost": totals})
+                   "refined": _refined(study), "trials": len(study.trials), "cost": totals})
     else:
         _print_front(study, rows, run_dir)
     return 0
@@ -195,14 +197,45 @@ def _print_front(study: Any, rows: list[dict[str, Any]], run_dir: Path) -> None:
         table.add_row(str(r["trial"]), *(f"{r[n]:.4g}" for n in names), f"{(r['sparsity'] or 0):.1%}",
                       *(f"{r[m]:.4g}" if m in r else "" for m in measured))
     console.print(table)
+    _print_refined(study, names)
     c = analysis.cost_totals(study)
     front = f", + {c['front_forward_equivalents']:.1f} for front metrics" if c["front_forward_equivalents"] else ""
+    front += (f", + {c['refined_forward_equivalents']:.1f} for refined points" if c["refined_forward_equivalents"]
+              else "")
     console.print(f"cost: {c['forward_equivalents']:.1f} forward-equivalents in {c['trials']} trials "
                   f"(+ {c['reference_forward_equivalents']:.1f} for the dense reference{front}), {c['seconds']:.1f} s "
                   f"of evaluation, cache peak {c['peak_cache_mb']:.0f} MB; {c['skipped_trials']} trials skipped "
                   "expensive objectives", highlight=False)
     console.print(f"run folder: {run_dir}   MLflow UI: thresh-opt ui {run_dir}   "
                   f"optuna-dashboard: thresh-opt dashboard {run_dir}", highlight=False)
+
+
+def _refined(study: Any) -> list[dict[str, Any]]:
+    from thresh_opt.study.refine import refined
+
+    return refined(study)
+
+
+def _print_refined(study: Any, names: list[str]) -> None:
+    records = _refined(study)
+    if not records:
+        return
+    table = Table(title="refined points (warm-started training from the search's points)")
+    shown = [n for n in names if n != "sparsity"]
+    for col in ["target", "from trial", "start", "training", *shown, "sparsity", "FE"]:
+        table.add_column(col, justify="right")
+    for r in records:
+        s = r["setting"]
+        training = f"p {s['penalty']:g}, {s['steps']} steps"
+        if "skipped" in r:
+            table.add_row(f"{s['target']:g}", "-", r["skipped"], training, *([""] * len(shown)), "", "")
+            continue
+        v = r["values"]
+        table.add_row(f"{s['target']:g}", str(s["from_trial"]),
+                      f"{r['start']['loss_ratio']:.4f} / {r['start']['sparsity']:.1%}", training,
+                      *(f"{v[n]:.4g}" if n in v else "" for n in shown), f"{v.get('sparsity', 0.0):.1%}",
+                      f"{r[keys.FORWARD_EQUIVALENTS]:.1f}")
+    console.print(table)
 
 
 def _load(args: argparse.Namespace) -> optuna.Study:
@@ -239,7 +272,8 @@ def cmd_show(args: argparse.Namespace) -> int:
     if args.json:
         emit_json({"study": study.study_name, "trials": len(study.trials), "front": rows,
                    "hypervolume": (analysis.hypervolume_history(study) or [0.0])[-1],
-                   "final": study.user_attrs.get(keys.FINAL), "cost": analysis.cost_totals(study)})
+                   "final": study.user_attrs.get(keys.FINAL), "refined": _refined(study),
+                   "cost": analysis.cost_totals(study)})
         return 0
     _print_front(study, rows, Path(str(args.target)))
     return 0
@@ -251,13 +285,8 @@ def cmd_export(args: argparse.Namespace) -> int:
     from thresh_opt.study.export import ExportedThresholds
 
     study = _load(args)
-    trials = {t.number: t for t in study.trials}
-    if args.trial not in trials:
-        raise UserError(f"--trial {args.trial}: no such trial; the study has trials 0..{len(trials) - 1}")
-    t = trials[args.trial]
-    if "thresholds" not in t.user_attrs:
-        raise UserError(f"--trial {args.trial}: state {t.state.name}, no thresholds stored")
-    thresholds = json.loads(t.user_attrs["thresholds"])
+    what, report = _exported_point(study, args)
+    thresholds = report.pop("thresholds")
     criterion = study.user_attrs.get(keys.CRITERION) or {"name": "magnitude"}  # studies from before criteria
     if criterion["name"] == "magnitude":
         exported = ExportedThresholds("magnitude", thresholds)
@@ -270,17 +299,40 @@ def cmd_export(args: argparse.Namespace) -> int:
         loaded.thresholded.set_criterion(criterion["name"])
         loaded.thresholded.set_thresholds(thresholds)
         exported = ExportedThresholds.from_model(loaded.thresholded)
-    out = args.out or (args.target if args.target.is_dir() else Path(".")) / keys.EXPORT_DIR / f"trial-{args.trial}"
+    out = args.out or (args.target if args.target.is_dir() else Path(".")) / keys.EXPORT_DIR / what
     written = exported.write(out)
-    numbers = {k: v for k, v in t.user_attrs.items() if isinstance(v, (int, float))}
-    report = {"trial": t.number, "params": t.params, "criterion": exported.criterion, "objectives": numbers,
-              "per_module_sparsity": json.loads(t.user_attrs.get("per_module_sparsity", "{}"))}
+    report["criterion"] = exported.criterion
     hw = study.user_attrs.get(keys.HARDWARE)
     if hw and report["per_module_sparsity"]:
         report["seneca"] = _seneca_report(hw, report["per_module_sparsity"], study.user_attrs.get(keys.DENSE_SPARSITY))
     (out / "report.json").write_text(json.dumps(report, indent=1))
     console.print(f"wrote {out}/{', '.join(written)}, report.json", highlight=False)
     return 0
+
+
+def _exported_point(study: Any, args: argparse.Namespace) -> tuple[str, dict[str, Any]]:
+    """The folder name and report of the trial or refined point to export (its thresholds under
+    ``thresholds``)."""
+    if args.refined is not None:
+        records = {r["setting"]["target"]: r for r in _refined(study)}
+        r = records.get(args.refined)
+        if r is None or "thresholds" not in r:
+            have = ", ".join(f"{k:g}" for k, v in records.items() if "thresholds" in v) or "none"
+            raise UserError(f"--refined {args.refined:g}: no refined point at this target; refined targets: {have}")
+        numbers = {**r["values"], keys.FORWARD_EQUIVALENTS: r[keys.FORWARD_EQUIVALENTS], keys.SECONDS: r[keys.SECONDS]}
+        return f"refined-{args.refined:g}", {"refined": r["setting"], "start": r["start"], "objectives": numbers,
+                                             "per_module_sparsity": r["per_module_sparsity"],
+                                             "thresholds": r["thresholds"]}
+    trials = {t.number: t for t in study.trials}
+    if args.trial not in trials:
+        raise UserError(f"--trial {args.trial}: no such trial; the study has trials 0..{len(trials) - 1}")
+    t = trials[args.trial]
+    if "thresholds" not in t.user_attrs:
+        raise UserError(f"--trial {args.trial}: state {t.state.name}, no thresholds stored")
+    numbers = {k: v for k, v in t.user_attrs.items() if isinstance(v, (int, float))}
+    return f"trial-{args.trial}", {"trial": t.number, "params": t.params, "objectives": numbers,
+                                   "per_module_sparsity": json.loads(t.user_attrs.get("per_module_sparsity", "{}")),
+                                   "thresholds": json.loads(t.user_attrs["thresholds"])}
 
 
 def _seneca_report(hw: dict[str, Any], sparsity: dict[str, float], dense: dict[str, float] | None) -> dict[str, Any]:

@@ -170,7 +170,8 @@ def load_compare(path: Path, overrides: dict[str, Any] | None = None,
                 "max_forward_equivalents": ccfg.forward_equivalents, "baselines": ccfg.baselines or template.baselines,
                 "workers": ccfg.workers or template.workers, "storage": None, "run_dir": None,
                 "ray_address": ray_address or template.ray_address,
-                "tracking_uri": ccfg.tracking_uri or template.tracking_uri})
+                "tracking_uri": ccfg.tracking_uri or template.tracking_uri,
+                "refine": None})  # the budgets compare searches; a template's refined points would come after them
             contenders.append(Contender(entry.key, seed, cfg, space))
     for c in contenders[:1]:  # workers, cluster and device are the same for every contender
         check_workers(c.cfg, str(path))

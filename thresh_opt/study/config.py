@@ -215,6 +215,41 @@ class BaselineConfig(_Strict):
         return v
 
 
+class RefineConfig(_Strict):
+    """Warm-started threshold training after the search (`thresh_opt.study.refine`): from the sparsest
+    trial at or below each calibration-loss ratio in `targets`, `steps` steps of `baseline train` with the
+    density penalty of the same position in `penalties` (one number: every target's)."""
+
+    targets: list[float] = Field(default_factory=lambda: [1.03, 1.05, 1.07], min_length=1)
+    penalties: list[float] = Field(default_factory=lambda: [1.0, 1.5, 2.0], min_length=1)
+    steps: int = Field(15, ge=1)
+    lr: float = Field(0.05, gt=0)
+    batch_size: int = Field(4, ge=1)
+    seed: int = 0
+
+    @field_validator("targets")
+    @classmethod
+    def _ratios(cls, v: list[float]) -> list[float]:
+        if any(not x > 1.0 for x in v):
+            raise ValueError("targets are calibration-loss ratios above 1 (e.g. 1.03)")
+        return v
+
+    @field_validator("penalties", mode="before")
+    @classmethod
+    def _one_or_list(cls, v: Any) -> Any:
+        return [v] if isinstance(v, (int, float)) and not isinstance(v, bool) else v
+
+    @model_validator(mode="after")
+    def _paired(self) -> RefineConfig:
+        if any(not p > 0 for p in self.penalties):
+            raise ValueError("penalties must be > 0")
+        if len(self.penalties) == 1:
+            self.penalties = self.penalties * len(self.targets)
+        elif len(self.penalties) != len(self.targets):
+            raise ValueError(f"penalties: one number, or one per target ({len(self.targets)})")
+        return self
+
+
 class StudyConfig(_Strict):
     """A whole study: model, calibration, space, objectives, constraints, sampler, budget and storage."""
 
@@ -245,6 +280,7 @@ class StudyConfig(_Strict):
     front_metrics: list[str] = Field(default_factory=list)  # measured on the final Pareto front only
     front_points: int | None = Field(None, ge=1)  # at most this many front trials get them (spread; finals kept)
     max_forward_equivalents: float | None = Field(None, gt=0)  # budget in full calibration passes
+    refine: RefineConfig | None = None  # warm-started training from the search's points, after it
 
 
 def check_workers(cfg: StudyConfig, source: str) -> None:
@@ -354,6 +390,9 @@ def load_study(path: Path | None = None) -> tuple[StudyConfig, SearchSpaceConfig
     check_sampler_options(cfg.sampler, str(path), space.level_list())
     check_loss_key(cfg, str(path))
     check_workers(cfg, str(path))
+    if cfg.refine is not None and space.criterion != "magnitude":
+        raise ConfigError(str(path), "refine", f"training learns magnitude thresholds; the search space's "
+                          f"criterion is {space.criterion!r} (use criterion: magnitude, or drop refine)")
     if walks_levels(cfg.sampler.name) and space.range is not None:
         raise ConfigError(str(path), "sampler.name",
                           f"the {cfg.sampler.name} sampler needs a discrete search space (levels), not a range")

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Protocol
+from typing import Any, Protocol
 
 from thresh_opt.study.config import SamplerConfig, SearchSpaceConfig
 from thresh_opt.study.worker import DenseReference, Gate, ModelInfo, Placement, TrialResult
@@ -41,6 +41,10 @@ class Executor(Protocol):
 
     def measure(self, thresholds: dict[str, float], names: list[str]) -> TrialResult:
         """Objectives of one configuration, all of them, and what they cost."""
+
+    def refine(self, thresholds: dict[str, float], train: dict[str, Any]) -> TrialResult:
+        """Train the thresholds from a configuration (`TrainConfig` fields in `train`), then measure the
+        study's objectives at the trained ones; what both cost."""
 
     def placement(self) -> list[Placement]:
         """Where each worker runs (host, process, device, GPUs)."""

@@ -21,6 +21,7 @@ from thresh_opt.samplers.factory import make_sampler
 from thresh_opt.study.config import REPO_DIR, SearchSpaceConfig, StudyConfig, constraint_values, objectives_needed
 from thresh_opt.study.contracts import Executor, WorkersLost
 from thresh_opt.study.liveness import GRACE, Lease, driver_lock, stale_trials
+from thresh_opt.study.refine import RefinedCallback, refine_points
 from thresh_opt.study.space import SearchSpace
 from thresh_opt.study.worker import DenseReference, Gate, ModelInfo, TrialResult
 
@@ -112,9 +113,10 @@ def _start_up(study: optuna.Study, cfg: StudyConfig, space: SearchSpace, info: M
 
 
 def run_study(run: StudyRun, executor: Executor, on_trial: TrialCallback | None = None,
-              on_front: FrontCallback | None = None) -> optuna.Study:
+              on_front: FrontCallback | None = None, on_refined: RefinedCallback | None = None) -> optuna.Study:
     """Run trials until the budget (total trials in the study, or forward-equivalents) is spent or the
-    sampler is done; then measure the front metrics on the Pareto front."""
+    sampler is done; then refine the study's points (`refine`) and measure the front metrics on the Pareto
+    front."""
     cfg = run.cfg
     info = executor.info()
     space = SearchSpace(run.space_cfg, info.groups)
@@ -234,6 +236,8 @@ def run_study(run: StudyRun, executor: Executor, on_trial: TrialCallback | None 
                 records.append({"params": p, "targets": space.targets(p), "trial": done.number if done else None,
                                 "thresholds": thresholds})
             study.set_user_attr(keys.FINAL, records)
+        if cfg.refine is not None:
+            refine_points(study, executor, cfg.refine, on_refined, lambda: driver_lock(run.journal_path))
         if cfg.front_metrics:
             measure_front(study, executor, cfg.front_metrics, on_front, cfg.front_points)
         return study

@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from thresh_opt.study.config import SamplerConfig, SearchSpaceConfig, StudyConfig
 from thresh_opt.study.contracts import Executor
 from thresh_opt.study.worker import DenseReference, Gate, ModelInfo, Placement, TrialResult, TrialWorker
@@ -54,6 +56,10 @@ class SerialExecutor:
     def measure(self, thresholds: dict[str, float], names: list[str]) -> TrialResult:
         """Objectives of one configuration, and what they cost."""
         return self.worker.measure(thresholds, names)
+
+    def refine(self, thresholds: dict[str, float], train: dict[str, Any]) -> TrialResult:
+        """Warm-started training from a configuration, and the trained one's objectives."""
+        return self.worker.refine(thresholds, train)
 
     def placement(self) -> list[Placement]:
         """The driver process itself."""

@@ -209,6 +209,10 @@ class RayExecutor:
         """Objectives of one configuration, on the first actor, and what they cost."""
         return self._call(0, "measure", thresholds, names)
 
+    def refine(self, thresholds: dict[str, float], train: dict[str, Any]) -> TrialResult:
+        """Warm-started training from a configuration, and the trained one's objectives, on the first actor."""
+        return self._call(0, "refine", thresholds, train)
+
     def close(self) -> None:
         """Kill the actors; shut Ray down if this executor started it."""
         for actor in self.actors:

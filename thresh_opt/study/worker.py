@@ -317,6 +317,24 @@ class TrialWorker:
         return TrialResult({n: ev.values[n] for n in names}, thresholds, ev.per_module_sparsity,
                            time.perf_counter() - started, cost=self._spent(before, started))
 
+    def refine(self, thresholds: dict[str, float], train: dict[str, Any]) -> TrialResult:
+        """Train the thresholds from `thresholds` on the calibration chunks (`train`: `TrainConfig` fields),
+        then measure every objective the study computes at the trained ones; the training's
+        forward-equivalents are in the cost (`thresh_opt.study.refine`)."""
+        from thresh_opt.baseline.learned import TrainConfig, train_thresholds
+
+        started = time.perf_counter()
+        before = replace(self.engine.cost)
+        try:
+            trained = train_thresholds(self.loaded.thresholded, self.evaluator.calibration_chunks, thresholds,
+                                       TrainConfig(**train))
+            self.engine.cost.other_fe += trained.forward_equivalents
+            ev = self.evaluator.evaluate(trained.thresholds, only=self.needed)
+        finally:
+            release_free_memory()
+        return TrialResult({n: ev.values[n] for n in self.needed}, trained.thresholds, ev.per_module_sparsity,
+                           time.perf_counter() - started, cost=self._spent(before, started))
+
     def placement(self) -> Placement:
         """Where this worker runs: host, process, the device its model is on and, inside a Ray actor, its
         node and the GPUs Ray assigned (Ray sets CUDA_VISIBLE_DEVICES to them, so 'cuda' is the first)."""
