@@ -74,6 +74,8 @@ def test_a_study_refines_its_sparsest_points_by_training_and_keeps_them_apart_fr
     assert run.data.params["penalty"] == "2.0" and run.data.params["steps"] == "3"
     assert run.data.metrics["sparsity"] == pytest.approx(records[1.5]["values"]["sparsity"])
     assert [a.path for a in client.list_artifacts(run.info.run_id)] == ["thresholds.json"]
+    # plotted with the trials, as their own series
+    assert "refined (trained from trial)" in (tmp_path / "s" / keys.PLOTS_DIR / "pareto_front.html").read_text()
     # show prints them
     assert main(["study", "show", str(tmp_path / "s")]) == 0
     shown = capsys.readouterr().err  # tables go to stderr, JSON to stdout
