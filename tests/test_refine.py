@@ -134,3 +134,23 @@ def test_bad_refine_settings_exit_2_naming_file_and_field(tmp_path, capsys, refi
     err = capsys.readouterr().err
     assert match in err and str(path) in err and "Traceback" not in err
     assert not (tmp_path / "s" / "optuna.journal").exists()  # refused when the file loads
+
+
+def test_a_diverged_training_is_kept_as_a_failed_refined_point_and_tried_again(tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(console, "width", 200)
+    # Adam moves log-thresholds by about lr per step: with lr 1e4 they run off to nan, a real failure
+    path = write_study(tmp_path, **{**STUDY, "trials": 3, "refine": {**REFINE, "targets": [1.5], "penalties": 1.0,
+                                                                     "lr": 1e4}})
+    assert main(["study", "run", str(path), "--json"]) == 0  # the search's trials are kept; the study finishes
+    out = json.loads(capsys.readouterr().out)
+    (record,) = out["refined"]
+    assert "thresholds must be finite" in record["error"] and "thresholds" not in record
+    assert record[keys.FORWARD_EQUIVALENTS] == pytest.approx(3 * 2, abs=0.01)  # its 3 steps were done and count
+    assert len(load(tmp_path).get_trials(states=(TrialState.COMPLETE,))) == 3
+    assert main(["study", "show", str(tmp_path / "s")]) == 0
+    assert "failed: " in capsys.readouterr().err
+    assert main(["study", "run", str(path), "--json"]) == 0  # a failed target is tried again
+    capsys.readouterr()
+    _client, runs = refined_runs(tmp_path)
+    assert len(runs) == 2 and all(r.info.status == "FAILED" and "finite" in r.data.tags["error"] for r in runs)
+    assert main(["study", "export", str(tmp_path / "s"), "--refined", "1.5"]) == 2

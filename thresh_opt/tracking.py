@@ -222,8 +222,7 @@ class StudyTracker(_Tracker):
         self.flush()
         setting = record["setting"]
         tags = {"mlflow.parentRunId": self.parent, "refined_target": str(setting["target"])}
-        if "skipped" in record:
-            tags["skipped"] = record["skipped"]
+        tags |= {k: record[k][:5000] for k in ("skipped", "error") if k in record}
         run = self.client.create_run(self.experiment_id, run_name=f"refined-{setting['target']}", tags=tags)
         now = int(time.time() * 1000)
         numbers = {**record.get("values", {}), **{k: record[k] for k in (keys.FORWARD_EQUIVALENTS, keys.SECONDS)
@@ -233,7 +232,7 @@ class StudyTracker(_Tracker):
         self.client.log_batch(run.info.run_id, metrics=metrics, params=[Param(k, repr(v)) for k, v in setting.items()])
         if record.get("thresholds"):
             self.client.log_text(run.info.run_id, json.dumps(record["thresholds"], indent=1), "thresholds.json")
-        self.client.set_terminated(run.info.run_id, status="FINISHED")
+        self.client.set_terminated(run.info.run_id, status="FAILED" if "error" in record else "FINISHED")
 
 
 class CompareTracker(_Tracker):

@@ -91,6 +91,12 @@ def peak_memory_mb(device: torch.device | None = None) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+def step_forward_equivalents(cfg: TrainConfig, chunks: torch.Tensor) -> float:
+    """One training step's work in full passes over `chunks`: forward + backward ~ 2 forward passes with
+    frozen weights (no weight gradients), ~3 when fine-tuning."""
+    return cfg.batch_size * chunks.shape[1] / chunks.numel() * (3.0 if cfg.fine_tune else 2.0)
+
+
 def train_thresholds(
     tm: ThresholdedModel,
     chunks: torch.Tensor,
@@ -142,8 +148,7 @@ def train_thresholds(
     tm.reset_thresholds()
     was_training = model.training
     model.eval()  # no dropout: the thresholds are what changes
-    # forward + backward ~ 2 forward passes with frozen weights (no weight gradients), ~3 when fine-tuning
-    fe_per_step = cfg.batch_size * chunks.shape[1] / chunks.numel() * (3.0 if cfg.fine_tune else 2.0)
+    fe_per_step = step_forward_equivalents(cfg, chunks)
     try:
         with tm.transformed(soft_threshold):
             for step in range(start_step, cfg.steps):

@@ -230,6 +230,10 @@ def _print_refined(study: Any, names: list[str]) -> None:
         if "skipped" in r:
             table.add_row(f"{s['target']:g}", "-", r["skipped"], training, *([""] * len(shown)), "", "")
             continue
+        if "error" in r:
+            table.add_row(f"{s['target']:g}", str(s["from_trial"]), f"failed: {r['error']}", training,
+                          *([""] * len(shown)), "", f"{r[keys.FORWARD_EQUIVALENTS]:.1f}")
+            continue
         v = r["values"]
         table.add_row(f"{s['target']:g}", str(s["from_trial"]),
                       f"{r['start']['loss_ratio']:.4f} / {r['start']['sparsity']:.1%}", training,

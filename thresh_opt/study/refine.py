@@ -12,8 +12,9 @@ The results are not Optuna trials: their thresholds come from training, not from
 parameters, so a sampler must not read them as observations of a parameter set. They are kept, one per
 target, in the study user attribute ``thresh_opt:refined`` (:func:`refined`), each record holding its
 setting (target, penalty, steps, lr, batch size, seed, the start trial), the start's loss ratio and
-sparsity, the objective values, thresholds, per-module sparsity and cost. A resumed study refines only the
-targets whose record is missing or was made with another setting or from another start.
+sparsity, the objective values, thresholds, per-module sparsity and cost; or the error its training or
+measurement raised, e.g. a diverged training's non-finite thresholds). A resumed study refines only the
+targets whose record is missing, failed, or was made with another setting or from another start.
 """
 
 from __future__ import annotations
@@ -83,7 +84,7 @@ def _refine_one(study: optuna.Study, executor: Executor, cfg: RefineConfig, targ
     start = start_for(study, target)
     setting = {"target": target, "penalty": penalty, "steps": cfg.steps, "lr": cfg.lr,
                "batch_size": cfg.batch_size, "seed": cfg.seed, "from_trial": start.number if start else None}
-    if any(r["setting"] == setting for r in refined(study)):
+    if any(r["setting"] == setting and "error" not in r for r in refined(study)):
         return None
     record: dict[str, Any] = {"setting": setting}
     if start is None:
@@ -94,10 +95,13 @@ def _refine_one(study: optuna.Study, executor: Executor, cfg: RefineConfig, targ
             result = executor.refine(json.loads(start.user_attrs["thresholds"]), train)
         record |= {"start": {"loss_ratio": start.user_attrs["loss_ratio"],
                              "sparsity": start.user_attrs["sparsity"]},
-                   "values": result.values, "thresholds": result.thresholds,
-                   "per_module_sparsity": result.per_module_sparsity,
                    keys.FORWARD_EQUIVALENTS: result.forward_equivalents, keys.SECONDS: result.seconds,
                    "cost": {k: v for k, v in asdict(result.cost).items() if k != "seconds"}}
+        if result.error is not None:  # kept, and tried again by the next run of the study file
+            record["error"] = result.error
+        else:
+            record |= {"values": result.values, "thresholds": result.thresholds,
+                       "per_module_sparsity": result.per_module_sparsity}
     kept = [r for r in refined(study) if r["setting"]["target"] != target]  # one record per target
     study.set_user_attr(keys.REFINED, [*kept, record])
     return record

@@ -321,15 +321,22 @@ class TrialWorker:
         """Train the thresholds from `thresholds` on the calibration chunks (`train`: `TrainConfig` fields),
         then measure every objective the study computes at the trained ones; the training's
         forward-equivalents are in the cost (`thresh_opt.study.refine`)."""
-        from thresh_opt.baseline.learned import TrainConfig, train_thresholds
+        from thresh_opt.baseline.learned import TrainConfig, step_forward_equivalents, train_thresholds
 
         started = time.perf_counter()
         before = replace(self.engine.cost)
+        cfg, chunks = TrainConfig(**train), self.evaluator.calibration_chunks
+        step_fe = step_forward_equivalents(cfg, chunks)
+
+        def count(_step: int, _record: dict[str, float]) -> None:  # as each step ends: a failed training's count too
+            self.engine.cost.other_fe += step_fe
+
         try:
-            trained = train_thresholds(self.loaded.thresholded, self.evaluator.calibration_chunks, thresholds,
-                                       TrainConfig(**train))
-            self.engine.cost.other_fe += trained.forward_equivalents
+            trained = train_thresholds(self.loaded.thresholded, chunks, thresholds, cfg, on_step=count)
             ev = self.evaluator.evaluate(trained.thresholds, only=self.needed)
+        except Exception as exc:  # noqa: BLE001 - kept with the refined point (a diverged training); the study goes on
+            last = traceback.format_exception_only(type(exc), exc)[-1].strip()
+            return TrialResult(seconds=time.perf_counter() - started, error=last, cost=self._spent(before, started))
         finally:
             release_free_memory()
         return TrialResult({n: ev.values[n] for n in self.needed}, trained.thresholds, ev.per_module_sparsity,
