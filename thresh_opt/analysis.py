@@ -126,11 +126,12 @@ def write_plots(study: optuna.Study, folder: Path) -> list[Path]:
         data = {names[0]: [t.values[0] for t in done], names[1]: [t.values[1] for t in done],
                 "trial": [t.number for t in done],
                 "front": ["Pareto front" if t.number in front else "other" for t in done]}
-        for r in study.user_attrs.get(keys.REFINED, []):  # trained from a trial (`refine`): not trials themselves
-            if all(n in r.get("values", {}) for n in names[:2]):
-                for key, value in ((names[0], r["values"][names[0]]), (names[1], r["values"][names[1]]),
-                                   ("trial", r["setting"]["from_trial"]), ("front", "refined (trained from trial)")):
-                    data[key].append(value)
+        # refined points (`refine`): trained from a trial, not trials themselves
+        refined = [r for r in study.user_attrs.get(keys.REFINED, []) if "values" in r]
+        for n in names[:2]:
+            data[n] += [r["values"][n] for r in refined]
+        data["trial"] += [r["setting"]["from_trial"] for r in refined]
+        data["front"] += ["refined (trained from trial)"] * len(refined)
         fig = px.scatter(data, x=names[0], y=names[1], color="front", hover_data=["trial"], title=f"{study.study_name}")
         fig.write_html(folder / "pareto_front.html", include_plotlyjs=True)
         out.append(folder / "pareto_front.html")

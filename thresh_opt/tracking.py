@@ -184,24 +184,30 @@ class StudyTracker(_Tracker):
     def _log_trial(self, number: int, state: str, params: dict[str, float], values: dict[str, float],
                    per_module_sparsity: dict[str, float], thresholds: dict[str, float], error: str | None,
                    costs: dict[str, float] | None, skipped: dict[str, str] | None) -> None:
-        from mlflow.entities import Metric, Param
 
         if number in self.logged:
             return
-        tags = {"mlflow.parentRunId": self.parent, "trial_number": str(number), "state": state}
-        tags |= {f"skipped.{k}": v[:5000] for k, v in (skipped or {}).items()}
-        run = self.client.create_run(self.experiment_id, run_name=f"trial-{number}", tags=tags)
+        tags = {"trial_number": str(number), "state": state, **{f"skipped.{k}": v for k, v in (skipped or {}).items()},
+                **({"error": error} if error else {})}
+        self.logged[number] = self._log_run(f"trial-{number}", tags, params, {**values, **(costs or {})},
+                                            per_module_sparsity, thresholds, failed=state == "FAIL")
+
+    def _log_run(self, name: str, tags: dict[str, str], params: dict[str, Any], metrics: dict[str, float],
+                 per_module_sparsity: dict[str, float], thresholds: dict[str, float] | None, failed: bool) -> str:
+        """One finished nested run: tags, parameters (repr), metrics and per-module sparsity
+        (``sparsity.<module>``), ``thresholds.json``; returns its id."""
+        from mlflow.entities import Metric, Param
+
+        tags = {"mlflow.parentRunId": self.parent, **{k: v[:5000] for k, v in tags.items()}}
+        run = self.client.create_run(self.experiment_id, run_name=name, tags=tags)
         now = int(time.time() * 1000)
-        metrics = [Metric(k, float(v), now, 0) for k, v in {**values, **(costs or {})}.items()]
-        metrics += [Metric(f"sparsity.{k}", float(v), now, 0) for k, v in per_module_sparsity.items()]
-        self.client.log_batch(run.info.run_id, metrics=metrics,
-                              params=[Param(k, repr(v)) for k, v in params.items()])
+        logged = [Metric(k, float(v), now, 0) for k, v in metrics.items()]
+        logged += [Metric(f"sparsity.{k}", float(v), now, 0) for k, v in per_module_sparsity.items()]
+        self.client.log_batch(run.info.run_id, metrics=logged, params=[Param(k, repr(v)) for k, v in params.items()])
         if thresholds:
             self.client.log_text(run.info.run_id, json.dumps(thresholds, indent=1), "thresholds.json")
-        if error:
-            self.client.set_tag(run.info.run_id, "error", error[:5000])
-        self.client.set_terminated(run.info.run_id, status="FAILED" if state == "FAIL" else "FINISHED")
-        self.logged[number] = run.info.run_id
+        self.client.set_terminated(run.info.run_id, status="FAILED" if failed else "FINISHED")
+        return run.info.run_id
 
     def log_front(self, number: int, values: dict[str, float]) -> None:
         """Metrics measured after the search on a Pareto-front trial, on that trial's run (``front.<name>``)."""
@@ -217,22 +223,14 @@ class StudyTracker(_Tracker):
     def log_refined(self, record: dict[str, Any]) -> None:
         """A nested run for a refined point (`thresh_opt.study.refine`): its setting as parameters, its
         objective values, cost and per-module sparsity as metrics, its thresholds as an artifact."""
-        from mlflow.entities import Metric, Param
-
         self.flush()
         setting = record["setting"]
-        tags = {"mlflow.parentRunId": self.parent, "refined_target": str(setting["target"])}
-        tags |= {k: record[k][:5000] for k in ("skipped", "error") if k in record}
-        run = self.client.create_run(self.experiment_id, run_name=f"refined-{setting['target']}", tags=tags)
-        now = int(time.time() * 1000)
+        tags: dict[str, str] = {"refined_target": str(setting["target"]),
+                                **{k: record[k] for k in ("skipped", "error") if k in record}}
         numbers = {**record.get("values", {}), **{k: record[k] for k in (keys.FORWARD_EQUIVALENTS, keys.SECONDS)
                                                    if k in record}}
-        metrics = [Metric(k, float(v), now, 0) for k, v in numbers.items()]
-        metrics += [Metric(f"sparsity.{k}", float(v), now, 0) for k, v in record.get("per_module_sparsity", {}).items()]
-        self.client.log_batch(run.info.run_id, metrics=metrics, params=[Param(k, repr(v)) for k, v in setting.items()])
-        if record.get("thresholds"):
-            self.client.log_text(run.info.run_id, json.dumps(record["thresholds"], indent=1), "thresholds.json")
-        self.client.set_terminated(run.info.run_id, status="FAILED" if "error" in record else "FINISHED")
+        self._log_run(f"refined-{setting['target']}", tags, setting, numbers, record.get("per_module_sparsity", {}),
+                      record.get("thresholds"), failed="error" in record)
 
 
 class CompareTracker(_Tracker):

@@ -225,20 +225,12 @@ def _print_refined(study: Any, names: list[str]) -> None:
     for col in ["target", "from trial", "start", "training", *shown, "sparsity", "FE"]:
         table.add_column(col, justify="right")
     for r in records:
-        s = r["setting"]
-        training = f"p {s['penalty']:g}, {s['steps']} steps"
-        if "skipped" in r:
-            table.add_row(f"{s['target']:g}", "-", r["skipped"], training, *([""] * len(shown)), "", "")
-            continue
-        if "error" in r:
-            table.add_row(f"{s['target']:g}", str(s["from_trial"]), f"failed: {r['error']}", training,
-                          *([""] * len(shown)), "", f"{r[keys.FORWARD_EQUIVALENTS]:.1f}")
-            continue
-        v = r["values"]
-        table.add_row(f"{s['target']:g}", str(s["from_trial"]),
-                      f"{r['start']['loss_ratio']:.4f} / {r['start']['sparsity']:.1%}", training,
-                      *(f"{v[n]:.4g}" if n in v else "" for n in shown), f"{v.get('sparsity', 0.0):.1%}",
-                      f"{r[keys.FORWARD_EQUIVALENTS]:.1f}")
+        s, v, fe = r["setting"], r.get("values", {}), r.get(keys.FORWARD_EQUIVALENTS)
+        start = (r.get("skipped") or (f"failed: {r['error']}" if "error" in r else
+                                      f"{r['start']['loss_ratio']:.4f} / {r['start']['sparsity']:.1%}"))
+        table.add_row(f"{s['target']:g}", "-" if s["from_trial"] is None else str(s["from_trial"]), start,
+                      f"p {s['penalty']:g}, {s['steps']} steps", *(f"{v[n]:.4g}" if n in v else "" for n in shown),
+                      f"{v['sparsity']:.1%}" if "sparsity" in v else "", "" if fe is None else f"{fe:.1f}")
     console.print(table)
 
 
@@ -289,8 +281,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     from thresh_opt.study.export import ExportedThresholds
 
     study = _load(args)
-    what, report = _exported_point(study, args)
-    thresholds = report.pop("thresholds")
+    what, thresholds, report = _exported_point(study, args)
     criterion = study.user_attrs.get(keys.CRITERION) or {"name": "magnitude"}  # studies from before criteria
     if criterion["name"] == "magnitude":
         exported = ExportedThresholds("magnitude", thresholds)
@@ -314,9 +305,8 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
-def _exported_point(study: Any, args: argparse.Namespace) -> tuple[str, dict[str, Any]]:
-    """The folder name and report of the trial or refined point to export (its thresholds under
-    ``thresholds``)."""
+def _exported_point(study: Any, args: argparse.Namespace) -> tuple[str, dict[str, float], dict[str, Any]]:
+    """The folder name, thresholds and report of the trial or refined point to export."""
     if args.refined is not None:
         records = {r["setting"]["target"]: r for r in _refined(study)}
         r = records.get(args.refined)
@@ -324,9 +314,9 @@ def _exported_point(study: Any, args: argparse.Namespace) -> tuple[str, dict[str
             have = ", ".join(f"{k:g}" for k, v in records.items() if "thresholds" in v) or "none"
             raise UserError(f"--refined {args.refined:g}: no refined point at this target; refined targets: {have}")
         numbers = {**r["values"], keys.FORWARD_EQUIVALENTS: r[keys.FORWARD_EQUIVALENTS], keys.SECONDS: r[keys.SECONDS]}
-        return f"refined-{args.refined:g}", {"refined": r["setting"], "start": r["start"], "objectives": numbers,
-                                             "per_module_sparsity": r["per_module_sparsity"],
-                                             "thresholds": r["thresholds"]}
+        return f"refined-{args.refined:g}", r["thresholds"], {"refined": r["setting"], "start": r["start"],
+                                                              "objectives": numbers,
+                                                              "per_module_sparsity": r["per_module_sparsity"]}
     trials = {t.number: t for t in study.trials}
     if args.trial not in trials:
         raise UserError(f"--trial {args.trial}: no such trial; the study has trials 0..{len(trials) - 1}")
@@ -334,9 +324,9 @@ def _exported_point(study: Any, args: argparse.Namespace) -> tuple[str, dict[str
     if "thresholds" not in t.user_attrs:
         raise UserError(f"--trial {args.trial}: state {t.state.name}, no thresholds stored")
     numbers = {k: v for k, v in t.user_attrs.items() if isinstance(v, (int, float))}
-    return f"trial-{args.trial}", {"trial": t.number, "params": t.params, "objectives": numbers,
-                                   "per_module_sparsity": json.loads(t.user_attrs.get("per_module_sparsity", "{}")),
-                                   "thresholds": json.loads(t.user_attrs["thresholds"])}
+    return f"trial-{args.trial}", json.loads(t.user_attrs["thresholds"]), {
+        "trial": t.number, "params": t.params, "objectives": numbers,
+        "per_module_sparsity": json.loads(t.user_attrs.get("per_module_sparsity", "{}"))}
 
 
 def _seneca_report(hw: dict[str, Any], sparsity: dict[str, float], dense: dict[str, float] | None) -> dict[str, Any]:

@@ -235,10 +235,14 @@ class TrialWorker:
                                start_block=self.engine.last_start, cache_mb=self.engine.usage().mb,
                                screened=screened, saliency=saliency)
         except Exception as exc:  # noqa: BLE001 - stored as a FAIL trial with its error; the study goes on
-            last = traceback.format_exception_only(type(exc), exc)[-1].strip()
-            return TrialResult(seconds=time.perf_counter() - started, error=last, cost=self._spent(before, started))
+            return self._failed(exc, before, started)
         finally:
             release_free_memory()
+
+    def _failed(self, exc: Exception, before: Cost, started: float) -> TrialResult:
+        """The error result of work that raised: its last line, and what was done before it."""
+        last = traceback.format_exception_only(type(exc), exc)[-1].strip()
+        return TrialResult(seconds=time.perf_counter() - started, error=last, cost=self._spent(before, started))
 
     def _screen(self, params: dict[str, float], vector: list[float], gate: Gate | None) -> Screen | None:
         """With early rejection, the screen of a candidate whose rule names the configuration its reference loss
@@ -333,14 +337,12 @@ class TrialWorker:
 
         try:
             trained = train_thresholds(self.loaded.thresholded, chunks, thresholds, cfg, on_step=count)
-            ev = self.evaluator.evaluate(trained.thresholds, only=self.needed)
+            measured = self.measure(trained.thresholds, self.needed)
         except Exception as exc:  # noqa: BLE001 - kept with the refined point (a diverged training); the study goes on
-            last = traceback.format_exception_only(type(exc), exc)[-1].strip()
-            return TrialResult(seconds=time.perf_counter() - started, error=last, cost=self._spent(before, started))
+            return self._failed(exc, before, started)
         finally:
             release_free_memory()
-        return TrialResult({n: ev.values[n] for n in self.needed}, trained.thresholds, ev.per_module_sparsity,
-                           time.perf_counter() - started, cost=self._spent(before, started))
+        return replace(measured, seconds=time.perf_counter() - started, cost=self._spent(before, started))
 
     def placement(self) -> Placement:
         """Where this worker runs: host, process, the device its model is on and, inside a Ray actor, its
