@@ -184,7 +184,6 @@ class StudyTracker(_Tracker):
     def _log_trial(self, number: int, state: str, params: dict[str, float], values: dict[str, float],
                    per_module_sparsity: dict[str, float], thresholds: dict[str, float], error: str | None,
                    costs: dict[str, float] | None, skipped: dict[str, str] | None) -> None:
-
         if number in self.logged:
             return
         tags = {"trial_number": str(number), "state": state, **{f"skipped.{k}": v for k, v in (skipped or {}).items()},

@@ -105,4 +105,3 @@ def _refine_one(study: optuna.Study, executor: Executor, cfg: RefineConfig, targ
     kept = [r for r in refined(study) if r["setting"]["target"] != target]  # one record per target
     study.set_user_attr(keys.REFINED, [*kept, record])
     return record
-
