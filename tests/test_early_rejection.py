@@ -122,6 +122,14 @@ def test_an_early_rejection_study_stores_the_estimate_and_the_batches(tmp_path, 
         reference, tolerance = t.system_attrs["greedy:reference"], t.system_attrs["greedy:tolerance"]
         assert t.user_attrs["calibration_loss"] / reference >= tolerance  # what the sampler rejects
         assert t.user_attrs["partial_calibration_loss"] > 0
+    # every candidate is screened, its reference too (ffn.value levels below the module's dense sparsity give
+    # threshold 0 again): that one passes for free at the reference's loss, not by a full pass compared with
+    # the reference's estimate (which rejected it when the full-set loss came out higher)
+    candidates = [t for t in trials if t.system_attrs.get("greedy:role") == "candidate"]
+    assert all("calibration_batches" in t.user_attrs for t in candidates)
+    itself = [t for t in candidates if t.user_attrs["calibration_loss"] == t.system_attrs["greedy:reference"]]
+    assert any(t.params["blocks.0.ffn.value"] == 0.3 for t in itself)
+    assert all(t.user_attrs["cost.loss_batches"] == 0 for t in itself)  # its statistics pass aside, free
     cfg["evaluation"] = {"early_rejection": "yes"}
     path.write_text(yaml.safe_dump(cfg))
     assert main(["study", "run", str(path)]) == 2

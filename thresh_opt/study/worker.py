@@ -255,8 +255,6 @@ class TrialWorker:
         targets = self.space.targets({**params, **rule.basis})
         names = self.loaded.thresholded.names
         reference = tuple(self.engine.thresholds_for([targets[n] for n in names], self.statistics))
-        if reference == tuple(vector):
-            return None
         test = SequentialTest(rule.tolerance, self.engine.n_batches, **self.cfg.evaluation.early_rejection.model_dump())
         return Screen(tuple(vector), reference, rule.reference, test)
 
