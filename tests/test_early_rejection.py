@@ -142,6 +142,12 @@ def test_an_early_rejection_study_stores_the_estimate_and_the_batches(tmp_path, 
     assert main(["study", "run", str(path)]) == 2
     err = capsys.readouterr().err
     assert "early_rejection.z_accept" in err and "greater than 0" in err and "Traceback" not in err
+    cfg["evaluation"] = {"batch_size": 1, "early_rejection": True}
+    cfg["sampler"]["options"]["start_level"] = 2
+    path.write_text(yaml.safe_dump(cfg))
+    assert main(["study", "run", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert "start_level" in err and "less than or equal to 1" in err and "Traceback" not in err
 
 
 def test_greedy_command_runs_early_mode(capsys):
@@ -168,3 +174,9 @@ def test_greedy_command_runs_early_mode(capsys):
         assert says in err and "Traceback" not in err
     assert main(["greedy", "embedded:rwkv4-tiny", "--early-test", "z_accept=2"]) == 2
     assert "only with --mode early" in capsys.readouterr().err
+    # --start-level: the first module of each kind starts its walk there (the lower levels are not all tried)
+    assert main([*exact, "--start-level", "0.6"]) == 0
+    mid = json.loads(capsys.readouterr().out)["results"]["early"]
+    assert all(c["tried"][0][0] == 0.6 for c in mid["choices"] if c["name"].startswith("blocks.0."))
+    assert main([*exact, "--start-level", "1.5"]) == 2
+    assert "--start-level: a target sparsity in [0, 1]" in capsys.readouterr().err

@@ -44,7 +44,7 @@ def make_loss(bumps=None):
     return loss
 
 
-def reference(loss, tol, warm_start=False, keep_first=False, kind=default_kind):
+def reference(loss, tol, warm_start=False, keep_first=False, kind=default_kind, start_level=0.0):
     """The greedy search as design.md 1.3 writes it: returns (choices, number of loss evaluations)."""
     config = dict.fromkeys(NAMES, 0.0)
     l_ref, evals = loss(config), 1
@@ -59,7 +59,7 @@ def reference(loss, tol, warm_start=False, keep_first=False, kind=default_kind):
 
         prior = [config[o] for o in NAMES[: NAMES.index(n)] if kind(o) == kind(n)]
         counts = Counter(prior)
-        start = max(counts, key=lambda v: (counts[v], -v)) if warm_start and prior else 0.0
+        start = max(counts, key=lambda v: (counts[v], -v)) if warm_start and prior else start_level
         choice = 0.0
         if start > 0 and ok(start):
             choice = start
@@ -151,6 +151,9 @@ def test_invalid_arguments():
     for bad in (float("nan"), 1.0, 0.5, [1.001, True]):
         with pytest.raises(ValueError, match="a number > 1"):
             GreedySampler({"a": [0.1]}, loss_inc=bad)
+    for bad in (float("nan"), -0.1, 1.5):
+        with pytest.raises(ValueError, match="start_level"):
+            GreedySampler({"a": [0.1]}, start_level=bad)
 
 
 def test_search_space_adds_zero_sorts_and_dedupes():
@@ -203,6 +206,26 @@ def test_warm_start_against_plain_scan(bumps):
         drive(study, sampler, loss)
         got.append((sampler.final_params(study)[0], len(study.trials)))
     assert got == [(plain, plain_evals), (warm, warm_evals)]
+
+
+@pytest.mark.parametrize("warm_start", [False, True])
+@pytest.mark.parametrize("bumps", [None, BUMPS])
+def test_start_level_walks_from_a_middle_level(warm_start, bumps):
+    loss = make_loss(bumps)
+    expected, evals = reference(loss, 1.002, warm_start, start_level=0.5)
+    scanned, scan_evals = reference(loss, 1.002, warm_start)
+    assert evals < scan_evals  # a kind's first module no longer tries every level below its choice
+    if bumps is None:  # a monotone loss: the same choices
+        assert expected == scanned
+    sampler = GreedySampler(dict.fromkeys(NAMES, LEVELS), loss_inc=1.002, warm_start=warm_start, start_level=0.5)
+    study = new_study(sampler)
+    drive(study, sampler, loss)
+    assert sampler.final_params(study) == [expected] and len(study.trials) == evals
+    # another setting, another pass: a study resumed with the published setting does not take its results
+    published = GreedySampler(dict.fromkeys(NAMES, LEVELS), loss_inc=1.002, warm_start=warm_start)
+    assert published._pass_ids != sampler._pass_ids
+    assert published._pass_ids == GreedySampler(dict.fromkeys(NAMES, LEVELS), loss_inc=1.002, warm_start=warm_start,
+                                                start_level=None)._pass_ids
 
 
 def test_tolerance_list_traces_a_front():

@@ -53,6 +53,9 @@ def register(groups: argparse._SubParsersAction) -> None:
     p.add_argument("--levels", type=_levels, help="candidate target sparsities (default 0.1,0.2,...,0.9)")
     p.add_argument("--no-warm-start", action="store_true", help="plain scan from the lowest candidate for every module")
     p.add_argument("--keep-first", action="store_true", help="the public code's quirk: keep a failing first candidate")
+    p.add_argument("--start-level", type=float, metavar="LEVEL",
+                   help="a kind's first module (nothing to warm-start from) starts at this target sparsity and "
+                        "walks up or down, instead of scanning from the lowest candidate (the published way)")
     p.add_argument("--batch-size", type=int, help="chunks per forward call (default 8; 1 in early mode)")
     p.add_argument("--early-test", type=_early_test, metavar="KEY=VALUE,...",
                    help="early mode's sequential test, as `evaluation.early_rejection` in a study file: "
@@ -78,6 +81,8 @@ def cmd_greedy(args: argparse.Namespace) -> int:
         raise UserError(f"--loss-inc: {exc}") from None
     if args.batch_size is not None and args.batch_size < 1:
         raise UserError("--batch-size: must be >= 1")
+    if args.start_level is not None and not 0.0 <= args.start_level <= 1.0:  # also refuses nan
+        raise UserError(f"--start-level: a target sparsity in [0, 1], got {args.start_level}")
     early_test = _checked_early_test(args.early_test, args.mode)
     spec = spec_from_args(args)
     loaded = load_from_args(args)
@@ -90,7 +95,7 @@ def cmd_greedy(args: argparse.Namespace) -> int:
             results[mode] = greedy_search(
                 loaded, spec, mode, args.loss_inc, args.levels, not args.no_warm_start, args.keep_first,
                 args.batch_size, on_module=partial(_advance, progress, task), cache_dir=args.cache_dir,
-                early_test=early_test)
+                early_test=early_test, start_level=args.start_level)
     last = results[modes[-1]]
     if args.output:
         args.output.write_text(json.dumps(last.thresholds, indent=1))

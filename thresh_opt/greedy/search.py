@@ -93,6 +93,7 @@ def greedy_search(
     cache_mb: float = 512.0,
     cache_dir: Path | None = None,
     early_test: Mapping[str, float] | None = None,
+    start_level: float | None = None,
 ) -> GreedyResult:
     """Choose every module's threshold front to back; leaves the model at the chosen thresholds.
 
@@ -112,6 +113,8 @@ def greedy_search(
         cache_dir: the disk cache of calibration tokens (default: $THRESH_OPT_CACHE).
         early_test: in early mode, the sequential test's settings (`evaluation.early_rejection` of a study
             file: z_accept, z_reject, min_chunks, min_reject_chunks; default: the test's defaults).
+        start_level: where a kind's first module starts its walk (the sampler's option; default: the
+            published scan from the lowest level).
     """
     from thresh_opt.study.config import (
         BaselineConfig,
@@ -138,7 +141,7 @@ def greedy_search(
         name="greedy", model=ModelConfig(source=loaded.source), calibration=calibration,
         objectives=[ObjectiveConfig(name="loss_ratio"), ObjectiveConfig(name="sparsity")],
         sampler=SamplerConfig(name="greedy", options={"loss_inc": loss_inc, "warm_start": warm_start,
-                                                      "keep_first": keep_first}),
+                                                      "keep_first": keep_first, "start_level": start_level}),
         trials=1 + n * len(levels), baselines=BaselineConfig(dense=False, uniform=[]),
         evaluation=EvaluationConfig(incremental=mode != "paper", cache_mb=cache_mb, batch_size=batch_size,
                                     early_rejection=dict(early_test or {}) if mode == "early" else None))

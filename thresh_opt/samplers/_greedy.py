@@ -55,7 +55,9 @@ class GreedySampler(StampedSampler):
     while ``loss / L_ref < loss_inc``, the search stops at the first failure, the module is fixed at
     the largest accepted candidate (0.0 if none) and ``L_ref`` becomes the loss of that setting, so
     the tolerance compounds. With ``warm_start``, a module whose kind already has choices starts at
-    the most frequent of them (ties: the smaller) and goes up while accepted, or down until accepted.
+    the most frequent of them (ties: the smaller) and goes up while accepted, or down until accepted. With
+``start_level``, a module with nothing to warm-start from (the first of its kind, or every module without
+the warm start) walks the same way from that level instead of scanning from the bottom.
 
     With ``budget``, budget passes follow the tolerance passes: from the configuration the last pass
     ended with, each module in order is raised further while ``loss / L_dense < budget`` (an absolute
@@ -139,6 +141,12 @@ class GreedySampler(StampedSampler):
             The trial user attribute holding the (positive) loss the decisions use.
         warm_start:
             Start each module at the most frequent choice of its kind so far.
+        start_level:
+            Where a module with nothing to warm-start from starts (the largest candidate at most this level),
+            going up while accepted or down until accepted. Default: none, the published scan from the
+            smallest candidate. A middle level saves most of the first block's candidates (all of a
+            kind's lower levels are otherwise tried once), which are the costliest: passes from the
+            first block.
         keep_first:
             The public code's quirk: a failing first (smallest) candidate is kept instead of 0.0,
             unless its evaluation raised.
@@ -161,11 +169,14 @@ class GreedySampler(StampedSampler):
         loss_key: str = "calibration_loss",
         warm_start: bool = True,
         keep_first: bool = False,
+        start_level: float | None = None,
         kind_of: Callable[[str], str] | None = None,
         independent_sampler: BaseSampler | None = None,
         warn_independent_sampling: bool = True,
     ) -> None:
         candidates = positive_levels(search_space, "GreedySampler", "candidates")
+        if start_level is not None and not 0.0 <= float(start_level) <= 1.0:  # also refuses NaN
+            raise ValueError(f"GreedySampler: start_level must be a target sparsity in [0, 1], got {start_level!r}")
         self._tolerances = tolerances(loss_inc)
         self._budgets = budgets(budget)
         kind = kind_of or default_kind
@@ -175,6 +186,7 @@ class GreedySampler(StampedSampler):
             kinds={name: str(kind(name)) for name in candidates},
             warm_start=bool(warm_start),
             keep_first=bool(keep_first),
+            start_level=None if start_level is None else float(start_level),
         )
         self._loss_key = loss_key
         super().__init__(candidates, PARAMS, independent_sampler, warn_independent_sampling)
@@ -193,6 +205,8 @@ class GreedySampler(StampedSampler):
             "loss_key": self._loss_key,
             "pass": p,
         }
+        if self._spec.start_level is not None:  # only when set: the passes of earlier studies keep their ids
+            settings["start_level"] = self._spec.start_level
         if p < len(self._tolerances):
             settings["tolerance"] = self._tolerances[p]
         else:  # its start is the end of the earlier passes: their settings are its own

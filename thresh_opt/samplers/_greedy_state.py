@@ -119,18 +119,18 @@ class Spec:
     kinds: Mapping[str, str]
     warm_start: bool
     keep_first: bool
+    start_level: float | None = None  # where the warm start has nothing to go by (None: the scan from the bottom)
 
     def start_index(self, name: str, accepted: Mapping[str, float]) -> int:
         """Warm start: 1-based index of the candidate to try first (0: plain scan from the bottom)."""
-        if not self.warm_start:
-            return 0
         earlier = [v for other, v in accepted.items() if self.kinds[other] == self.kinds[name]]
-        if not earlier:
-            return 0
-        counts = Counter(earlier)
-        most = max(counts, key=lambda v: (counts[v], -v))  # most frequent; ties: the smaller
-        # Same-kind modules normally share a candidate list; otherwise the largest candidate <= most.
-        return bisect.bisect_right(self.candidates[name], most)
+        if not self.warm_start or not earlier:
+            start = self.start_level
+        else:
+            counts = Counter(earlier)
+            start = max(counts, key=lambda v: (counts[v], -v))  # most frequent; ties: the smaller
+        # Same-kind modules normally share a candidate list; otherwise the largest candidate <= start.
+        return 0 if start is None else bisect.bisect_right(self.candidates[name], start)
 
 
 @dataclass

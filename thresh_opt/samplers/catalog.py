@@ -75,6 +75,7 @@ class GreedyOptions(_Options):
     loss_key: str = "calibration_loss"
     warm_start: bool = True
     keep_first: bool = False
+    start_level: float | None = Field(None, ge=0.0, le=1.0)  # where a kind's first module starts (None: bottom)
     warn_independent_sampling: bool = True
     order: str = "forward"  # front to back as published, or back to front
 
