@@ -175,7 +175,8 @@ def test_greedy_module_order_option(tmp_path, capsys):
     assert "sampler.options.order: 'sideways'; allowed: forward, reverse" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("name", ["embedded-rwkv4.yaml", "embedded-rwkv4-tpe.yaml", "embedded-rwkv4-saliency.yaml",
+@pytest.mark.parametrize("name", ["embedded-rwkv4.yaml", "embedded-rwkv4-greedy-early.yaml", "embedded-rwkv4-tpe.yaml",
+                                  "embedded-rwkv4-saliency.yaml",
                                   "embedded-rwkv4-saliency-back.yaml", "embedded-rwkv4-saliency-kinds.yaml",
                                   "rwkv4-169m.yaml", "opt-125m.yaml"])
 def test_the_shipped_study_files_are_valid(name):
