@@ -56,8 +56,8 @@ class GreedySampler(StampedSampler):
     the largest accepted candidate (0.0 if none) and ``L_ref`` becomes the loss of that setting, so
     the tolerance compounds. With ``warm_start``, a module whose kind already has choices starts at
     the most frequent of them (ties: the smaller) and goes up while accepted, or down until accepted. With
-``start_level``, a module with nothing to warm-start from (the first of its kind, or every module without
-the warm start) walks the same way from that level instead of scanning from the bottom.
+    ``start_level``, a module with nothing to warm-start from (the first of its kind, or every module
+    without the warm start) walks the same way from that level instead of scanning from the bottom.
 
     With ``budget``, budget passes follow the tolerance passes: from the configuration the last pass
     ended with, each module in order is raised further while ``loss / L_dense < budget`` (an absolute
