@@ -73,7 +73,7 @@ def cmd_greedy(args: argparse.Namespace) -> int:
     """Search, then print the choices and the cost in forward-equivalents and seconds."""
     from thresh_opt.calibration import calibration_chunks
     from thresh_opt.greedy import greedy_search
-    from thresh_opt.samplers import tolerances
+    from thresh_opt.samplers import start_level_of, tolerances
 
     try:
         tolerances(args.loss_inc)
@@ -81,8 +81,10 @@ def cmd_greedy(args: argparse.Namespace) -> int:
         raise UserError(f"--loss-inc: {exc}") from None
     if args.batch_size is not None and args.batch_size < 1:
         raise UserError("--batch-size: must be >= 1")
-    if args.start_level is not None and not 0.0 <= args.start_level <= 1.0:  # also refuses nan
-        raise UserError(f"--start-level: a target sparsity in [0, 1], got {args.start_level}")
+    try:
+        start_level_of(args.start_level)
+    except ValueError as exc:
+        raise UserError(f"--start-level: {exc}") from None
     early_test = _checked_early_test(args.early_test, args.mode)
     spec = spec_from_args(args)
     loaded = load_from_args(args)

@@ -8,7 +8,7 @@ from thresh_opt.samplers._blocksearch import BlockSearchSampler
 from thresh_opt.samplers._blockwise import BlockwiseSampler
 from thresh_opt.samplers._chain import ChainSampler
 from thresh_opt.samplers._greedy import GreedySampler
-from thresh_opt.samplers._greedy_state import Acceptance, default_kind, tolerances
+from thresh_opt.samplers._greedy_state import Acceptance, default_kind, start_level_of, tolerances
 from thresh_opt.samplers._hybrid import HybridSampler
 from thresh_opt.samplers._protocol import SteppedSampler, wants_saliency
 from thresh_opt.samplers._saliency_path import SaliencyPathSampler
@@ -16,5 +16,6 @@ from thresh_opt.samplers._sensitivity import SensitivitySampler
 
 __all__ = [
     "Acceptance", "BlockSearchSampler", "BlockwiseSampler", "ChainSampler", "GreedySampler", "HybridSampler",
-    "SaliencyPathSampler", "SensitivitySampler", "SteppedSampler", "default_kind", "tolerances", "wants_saliency",
+    "SaliencyPathSampler", "SensitivitySampler", "SteppedSampler", "default_kind", "start_level_of", "tolerances",
+    "wants_saliency",
 ]

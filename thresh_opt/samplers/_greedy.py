@@ -29,6 +29,7 @@ from thresh_opt.samplers._greedy_state import (
     read_ledger,
     replay_budget,
     replay_pass,
+    start_level_of,
     tolerances,
 )
 from thresh_opt.samplers._stamped import StampedSampler, finite, positive_levels
@@ -175,8 +176,10 @@ class GreedySampler(StampedSampler):
         warn_independent_sampling: bool = True,
     ) -> None:
         candidates = positive_levels(search_space, "GreedySampler", "candidates")
-        if start_level is not None and not 0.0 <= float(start_level) <= 1.0:  # also refuses NaN
-            raise ValueError(f"GreedySampler: start_level must be a target sparsity in [0, 1], got {start_level!r}")
+        try:
+            first_level = start_level_of(start_level)
+        except ValueError as exc:
+            raise ValueError(f"GreedySampler: start_level: {exc}") from None
         self._tolerances = tolerances(loss_inc)
         self._budgets = budgets(budget)
         kind = kind_of or default_kind
@@ -186,7 +189,7 @@ class GreedySampler(StampedSampler):
             kinds={name: str(kind(name)) for name in candidates},
             warm_start=bool(warm_start),
             keep_first=bool(keep_first),
-            start_level=None if start_level is None else float(start_level),
+            start_level=first_level,
         )
         self._loss_key = loss_key
         super().__init__(candidates, PARAMS, independent_sampler, warn_independent_sampling)

@@ -85,6 +85,16 @@ def tolerances(loss_inc: object) -> tuple[float, ...]:
     return values
 
 
+def start_level_of(value: object) -> float | None:
+    """The `start_level` option (None, or a target sparsity in [0, 1]), or a ValueError saying what is allowed."""
+    if value is None:
+        return None
+    level = float(value)  # type: ignore[arg-type]  # a non-number raises ValueError/TypeError here
+    if not 0.0 <= level <= 1.0:  # also refuses NaN
+        raise ValueError(f"a target sparsity in [0, 1], got {value!r}")
+    return level
+
+
 def budgets(budget: object, what: str = "budget") -> tuple[float, ...]:
     """The budget list of `budget` (None, a number > 1, or a list of them, possibly empty), or a ValueError
     naming `what`."""
