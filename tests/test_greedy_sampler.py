@@ -151,7 +151,7 @@ def test_invalid_arguments():
     for bad in (float("nan"), 1.0, 0.5, [1.001, True]):
         with pytest.raises(ValueError, match="a number > 1"):
             GreedySampler({"a": [0.1]}, loss_inc=bad)
-    for bad in (float("nan"), -0.1, 1.5):
+    for bad in (float("nan"), -0.1, 1.5, True, "0.5", [0.5]):
         with pytest.raises(ValueError, match="start_level"):
             GreedySampler({"a": [0.1]}, start_level=bad)
 

@@ -89,10 +89,10 @@ def start_level_of(value: object) -> float | None:
     """The `start_level` option (None, or a target sparsity in [0, 1]), or a ValueError saying what is allowed."""
     if value is None:
         return None
-    level = float(value)  # type: ignore[arg-type]  # a non-number raises ValueError/TypeError here
-    if not 0.0 <= level <= 1.0:  # also refuses NaN
+    # the same test of a number as _ratios: a bool, a string or a list is refused, not converted
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value <= 1.0:  # NaN too
         raise ValueError(f"a target sparsity in [0, 1], got {value!r}")
-    return level
+    return float(value)
 
 
 def budgets(budget: object, what: str = "budget") -> tuple[float, ...]:
